@@ -1,0 +1,3 @@
+//! `repl-bench`: the benchmark harness.
+
+fn main() {}

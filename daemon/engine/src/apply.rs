@@ -1,0 +1,185 @@
+//! Applying log records to the index.
+//!
+//! [`apply_record`] is the only place where a record becomes index state. The writer calls it as
+//! it appends, and recovery calls it as it replays, so the two cannot drift apart. It does not
+//! validate: records in the log were validated before they were written.
+
+use repl_types::Tid;
+
+use crate::codec::DecodeError;
+use crate::error::Result;
+use crate::index::{KvRead, Overlay};
+use crate::record::{Change, Op, PfsEvent, Record};
+use crate::schema::{self, ChunkLoc, PfsRecord, VersionVal};
+
+/// Applies `rec`, found at `lsn`, to `ov`.
+pub(crate) fn apply_record(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> Result<()> {
+    match rec {
+        Record::Chunk { hash, len } => {
+            ov.put(
+                schema::chunk_key(hash),
+                ChunkLoc { lsn, len: *len }.encode(),
+            );
+        }
+        Record::Commit { pfs, change } => apply_commit(ov, lsn, *pfs, change)?,
+        Record::Pfs(ev) => apply_pfs_event(ov, ev)?,
+        Record::Checkpoint {
+            pfs,
+            synced: _,
+            partial,
+            master_head,
+        } => {
+            if let Some(mut p) = schema::pfs_by_id(ov, *pfs)? {
+                p.partial = partial.filter(|x| x.tid > p.head);
+                p.master_head = p.master_head.max(*master_head);
+                ov.put(schema::pfs_key(p.id), p.encode());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_commit(ov: &mut Overlay<'_>, lsn: u64, pfs: u32, change: &Change) -> Result<()> {
+    let Some(mut p) = schema::pfs_by_id(ov, pfs)? else {
+        // Cannot happen in a valid log: the writer refuses commits to unknown PFSes, and no
+        // commit of a PFS follows its destroy.
+        return Ok(());
+    };
+    let tid = change.tid;
+    for op in &change.ops {
+        let (path, supersedes) = match op {
+            Op::Put {
+                path, supersedes, ..
+            } => (path, *supersedes),
+            Op::Delete { path, supersedes } => (path, Some(*supersedes)),
+        };
+        if let Some(old) = supersedes {
+            end_version(ov, &p, path, old, tid)?;
+        }
+        if let Op::Put { path, meta, .. } = op {
+            let v = VersionVal {
+                meta: meta.clone(),
+                deleted: Tid::MAX,
+            };
+            ov.put(schema::version_key(pfs, path, tid), v.encode());
+        }
+    }
+    ov.put(schema::tid_key(pfs, tid), lsn.to_le_bytes().to_vec());
+    p.head = p.head.max(tid);
+    p.head_chain = change.chain;
+    if p.nohistory {
+        p.history_floor = p.head;
+    }
+    if p.partial.is_some_and(|x| x.tid <= tid) {
+        p.partial = None;
+    }
+    ov.put(schema::pfs_key(pfs), p.encode());
+    Ok(())
+}
+
+/// Ends the version of `path` created at `created`: marks it deleted at `tid`, or drops it when
+/// the PFS keeps no history.
+fn end_version(
+    ov: &mut Overlay<'_>,
+    p: &PfsRecord,
+    path: &repl_types::EntryPath,
+    created: Tid,
+    tid: Tid,
+) -> Result<()> {
+    let key = schema::version_key(p.id, path, created);
+    let Some(raw) = ov.get(&key)? else {
+        return Ok(());
+    };
+    if p.nohistory {
+        ov.remove(key);
+    } else {
+        let mut v = VersionVal::decode(&raw)?;
+        v.deleted = tid;
+        ov.put(key, v.encode());
+    }
+    Ok(())
+}
+
+fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
+    match ev {
+        PfsEvent::Create {
+            id,
+            name,
+            uuid,
+            shared_uuid,
+            role,
+            nohistory,
+            created,
+        } => {
+            let rec = PfsRecord {
+                id: *id,
+                name: name.clone(),
+                uuid: *uuid,
+                shared_uuid: *shared_uuid,
+                role: *role,
+                nohistory: *nohistory,
+                created: *created,
+                head: match role {
+                    crate::record::Role::Master => *created,
+                    crate::record::Role::Slave => Tid::ZERO,
+                },
+                head_chain: [0; 32],
+                history_floor: Tid::ZERO,
+                partial: None,
+                master_head: Tid::ZERO,
+            };
+            ov.put(schema::pfs_key(*id), rec.encode());
+            ov.put(schema::name_key(name), id.to_be_bytes().to_vec());
+            let next = next_pfs_id(ov)?.max(id + 1);
+            ov.put(schema::NEXT_PFS.to_vec(), next.to_le_bytes().to_vec());
+        }
+        PfsEvent::Configure {
+            id,
+            role,
+            nohistory,
+        } => {
+            if let Some(mut p) = schema::pfs_by_id(ov, *id)? {
+                p.role = *role;
+                if *nohistory && !p.nohistory {
+                    p.history_floor = p.head;
+                }
+                p.nohistory = *nohistory;
+                ov.put(schema::pfs_key(*id), p.encode());
+            }
+        }
+        PfsEvent::Destroy { id } => {
+            if let Some(p) = schema::pfs_by_id(ov, *id)? {
+                ov.remove(schema::name_key(&p.name));
+            }
+            ov.remove(schema::pfs_key(*id));
+            for space in [b'V', b'T', b'S'] {
+                let (start, end) = schema::pfs_space_range(space, *id);
+                for (k, _) in ov.range(&start, &end, usize::MAX)? {
+                    ov.remove(k);
+                }
+            }
+        }
+        PfsEvent::Snapshot { id, name, tid } => {
+            ov.put(
+                schema::snapshot_key(*id, name),
+                tid.get().to_le_bytes().to_vec(),
+            );
+        }
+        PfsEvent::SnapshotDelete { id, name } => {
+            ov.remove(schema::snapshot_key(*id, name));
+        }
+    }
+    Ok(())
+}
+
+/// The next unused PFS id.
+pub(crate) fn next_pfs_id(kv: &dyn KvRead) -> Result<u32> {
+    match kv.get(schema::NEXT_PFS)? {
+        Some(v) => Ok(u32::from_le_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| DecodeError("next pfs id"))?,
+        )),
+        None => Ok(1),
+    }
+}

@@ -1,0 +1,45 @@
+//! The repld storage engine: versioned PFSes on a checksummed device log, indexed in sled.
+//!
+//! The device log is the truth; the index is a cache of it that may lag and can be rebuilt from
+//! the device alone. One writer thread owns every write: it validates work against the index,
+//! assigns TIDs, groups concurrent commits into one write and one `fdatasync`, and updates the
+//! index only once the log is durable, so readers only ever see durable state.
+//!
+//! Modules, from the bottom up:
+//! - [`device`]: the image file or block device, superblock and backup.
+//! - `log`: segments, flush units, the recovery scan and the unit planner.
+//! - [`record`]: the record kinds (chunks, commits, PFS events, checkpoints) and their framing.
+//! - `index`: the ordered key-value trait, its sled and in-memory backends, the overlay.
+//! - `schema`: key layout and typed values of the index.
+//! - `apply`: how a record changes the index (used by the writer and by replay alike).
+//! - `exec`: validation of transactions, replicated changes and catalog commands.
+//! - `writer`: the group-commit writer thread.
+//! - [`Engine`] (`engine`) and its reads (`read`): the public API.
+//! - [`fsck`]: offline checks of a device.
+//!
+//! The engine's API is blocking; async callers use `spawn_blocking`.
+
+mod apply;
+mod codec;
+pub mod device;
+mod engine;
+mod error;
+mod exec;
+pub mod fsck;
+mod index;
+mod log;
+mod read;
+pub mod record;
+mod schema;
+mod writer;
+
+pub use device::{Device, FormatOptions, Superblock};
+pub use engine::{
+    ApplyBatch, Attrs, Checkpoint, Engine, EngineOptions, PfsInfo, PfsOptions, SpaceInfo, Txn,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use exec::MAX_TXN_OPS;
+pub use read::{At, Entry, FileReader};
+pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
+pub use repl_types::{EntryPath, PfsName, Tid};
+pub use writer::Stats;

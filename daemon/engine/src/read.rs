@@ -1,0 +1,331 @@
+//! Reads: entries and directories at any kept TID, file content as a stream, per-path history,
+//! the incremental change scan, and chunk reads. Readers see only durable, indexed state.
+
+use std::io::Read;
+
+use repl_types::{EntryPath, PfsName, Tid};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::record::{
+    Change, ChunkRef, EntryKind, EntryMeta, Hash, RECORD_HEADER, Record, parse_frame,
+};
+use crate::schema::{self, PfsRecord};
+
+/// Which state of a PFS to read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum At {
+    /// The newest committed state (for a slave: its synced TID).
+    #[default]
+    Head,
+    /// The state as of this TID.
+    Tid(Tid),
+    /// The state at a named snapshot.
+    Snapshot(String),
+}
+
+/// One version of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its path.
+    pub path: EntryPath,
+    /// The TID that created this version.
+    pub created: Tid,
+    /// The TID that ended it, if it has ended.
+    pub deleted: Option<Tid>,
+    /// Kind, mode, mtime, size, target and chunks.
+    pub meta: EntryMeta,
+}
+
+impl Entry {
+    /// File, directory or symlink.
+    pub fn kind(&self) -> EntryKind {
+        self.meta.kind
+    }
+
+    fn new(path: EntryPath, created: Tid, v: schema::VersionVal) -> Entry {
+        Entry {
+            path,
+            created,
+            deleted: (v.deleted != Tid::MAX).then_some(v.deleted),
+            meta: v.meta,
+        }
+    }
+}
+
+impl Engine {
+    /// Resolves `at` for a PFS to a TID that may be read.
+    pub(crate) fn resolve(&self, name: &PfsName, at: &At) -> Result<(PfsRecord, Tid)> {
+        let p = self.record(name)?;
+        let tid = match at {
+            At::Head => p.head,
+            At::Tid(t) => *t,
+            At::Snapshot(s) => schema::snapshot(self.kv(), p.id, s)?
+                .ok_or_else(|| Error::NoSuchSnapshot(s.clone()))?,
+        };
+        if tid < p.history_floor {
+            return Err(Error::Pruned {
+                tid,
+                floor: p.history_floor,
+            });
+        }
+        Ok((p, tid))
+    }
+
+    /// The TID that `at` names.
+    pub fn resolve_tid(&self, name: &PfsName, at: &At) -> Result<Tid> {
+        self.resolve(name, at).map(|(_, t)| t)
+    }
+
+    /// The entry at `path`.
+    pub fn stat(&self, name: &PfsName, path: &EntryPath, at: &At) -> Result<Entry> {
+        let (p, tid) = self.resolve(name, at)?;
+        self.stat_in(&p, path, tid)
+    }
+
+    fn stat_in(&self, p: &PfsRecord, path: &EntryPath, tid: Tid) -> Result<Entry> {
+        if path.is_root() {
+            return Ok(Entry {
+                path: EntryPath::root(),
+                created: p.created,
+                deleted: None,
+                meta: EntryMeta {
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    mtime_ns: i64::try_from(p.created.get()).unwrap_or(0),
+                    size: 0,
+                    target: String::new(),
+                    chunks: Vec::new(),
+                },
+            });
+        }
+        let at = (tid != p.head).then_some(tid);
+        let (created, v) =
+            schema::version_at(self.kv(), p.id, path, tid)?.ok_or_else(|| Error::NotFound {
+                path: path.clone(),
+                at,
+            })?;
+        Ok(Entry::new(path.clone(), created, v))
+    }
+
+    /// The entries of directory `dir`, sorted by name.
+    pub fn list(&self, name: &PfsName, dir: &EntryPath, at: &At) -> Result<Vec<Entry>> {
+        let (p, tid) = self.resolve(name, at)?;
+        let d = self.stat_in(&p, dir, tid)?;
+        if d.kind() != EntryKind::Dir {
+            return Err(Error::NotADirectory(dir.clone()));
+        }
+        self.children(&p, dir, tid)
+    }
+
+    fn children(&self, p: &PfsRecord, dir: &EntryPath, tid: Tid) -> Result<Vec<Entry>> {
+        schema::children_at(self.kv(), p.id, dir, tid)?
+            .into_iter()
+            .map(|(n, created, v)| Ok(Entry::new(dir.join(&n)?, created, v)))
+            .collect()
+    }
+
+    /// Calls `f` for every entry of the PFS at `at` (not the root), depth first, children sorted by
+    /// name: the canonical order of exports and digests.
+    pub fn walk(
+        &self,
+        name: &PfsName,
+        at: &At,
+        mut f: impl FnMut(&Entry) -> Result<()>,
+    ) -> Result<Tid> {
+        let (p, tid) = self.resolve(name, at)?;
+        let mut stack = vec![self.children(&p, &EntryPath::root(), tid)?.into_iter()];
+        while let Some(level) = stack.last_mut() {
+            match level.next() {
+                None => {
+                    stack.pop();
+                }
+                Some(e) => {
+                    f(&e)?;
+                    if e.kind() == EntryKind::Dir {
+                        let below = self.children(&p, &e.path, tid)?;
+                        stack.push(below.into_iter());
+                    }
+                }
+            }
+        }
+        Ok(tid)
+    }
+
+    /// Every version of `path` that history keeps, oldest first.
+    pub fn history(&self, name: &PfsName, path: &EntryPath) -> Result<Vec<Entry>> {
+        let p = self.record(name)?;
+        Ok(schema::versions(self.kv(), p.id, path)?
+            .into_iter()
+            .map(|(t, v)| Entry::new(path.clone(), t, v))
+            .collect())
+    }
+
+    /// A reader of the file at `path`, streaming its chunks.
+    pub fn open_file(&self, name: &PfsName, path: &EntryPath, at: &At) -> Result<FileReader> {
+        let e = self.stat(name, path, at)?;
+        match e.kind() {
+            EntryKind::File => Ok(FileReader {
+                engine: self.clone(),
+                chunks: e.meta.chunks,
+                next: 0,
+                buf: Vec::new(),
+                pos: 0,
+            }),
+            EntryKind::Dir => Err(Error::IsADirectory(path.clone())),
+            EntryKind::Symlink => Err(Error::Invalid(format!(
+                "`{path}` is a symlink to `{}`",
+                e.meta.target
+            ))),
+        }
+    }
+
+    /// The whole content of the file at `path`.
+    pub fn read_file(&self, name: &PfsName, path: &EntryPath, at: &At) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_file(name, path, at)?
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(format!("read `{path}`"), e))?;
+        Ok(out)
+    }
+
+    /// Up to `limit` commits of the PFS after TID `after`, in TID order. The cost grows with the
+    /// number of commits returned, not with the size of the PFS: it walks the by-TID index.
+    pub fn changes_since(&self, name: &PfsName, after: Tid, limit: usize) -> Result<Vec<Change>> {
+        let p = self.record(name)?;
+        let mut out = Vec::new();
+        for (tid, lsn) in schema::commits_after(self.kv(), p.id, after, limit)? {
+            match self.read_record(lsn)? {
+                Record::Commit { change, .. } if change.tid == tid => out.push(change),
+                other => {
+                    return Err(self.corruption(
+                        lsn,
+                        format!("expected the commit of {tid}, found {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a chunk with this hash is stored.
+    pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
+        Ok(schema::chunk_loc(self.kv(), hash)?.is_some())
+    }
+
+    /// A chunk's bytes, checked against its record checksum.
+    pub fn read_chunk(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let loc = schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "chunk {} is not stored",
+                crate::exec::hex(&hash[..8])
+            ))
+        })?;
+        let mut buf = vec![0u8; RECORD_HEADER + 32 + loc.len as usize];
+        self.read_at_lsn(loc.lsn, &mut buf)?;
+        let f = parse_frame(&buf)
+            .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
+        if f.payload.get(..32) != Some(&hash[..]) {
+            return Err(self.corruption(loc.lsn, "chunk record holds another hash".into()));
+        }
+        buf.drain(..RECORD_HEADER + 32);
+        Ok(buf)
+    }
+
+    /// A chunk's bytes, re-hashed with BLAKE3 and compared with its reference: the scrub that
+    /// finds silent corruption.
+    pub fn read_chunk_verified(&self, c: &ChunkRef) -> Result<Vec<u8>> {
+        let data = self.read_chunk(&c.hash)?;
+        if data.len() != c.len as usize || blake3::hash(&data).as_bytes() != &c.hash {
+            let loc = schema::chunk_loc(self.kv(), &c.hash)?.map_or(0, |l| l.lsn);
+            return Err(self.corruption(loc, "chunk content does not match its BLAKE3 hash".into()));
+        }
+        Ok(data)
+    }
+
+    fn read_at_lsn(&self, lsn: u64, buf: &mut [u8]) -> Result<()> {
+        let (_, off) = self
+            .inner
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .locate(lsn)
+            .ok_or_else(|| {
+                self.corruption(
+                    lsn,
+                    "the index points into a segment that is not on the device".into(),
+                )
+            })?;
+        self.inner.dev.read_at(buf, off)
+    }
+
+    fn read_record(&self, lsn: u64) -> Result<Record> {
+        let mut head = [0u8; RECORD_HEADER];
+        self.read_at_lsn(lsn, &mut head)?;
+        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        if len > crate::log::MAX_UNIT_BODY {
+            return Err(self.corruption(lsn, "record length is impossible".into()));
+        }
+        let mut buf = vec![0u8; RECORD_HEADER + len];
+        self.read_at_lsn(lsn, &mut buf)?;
+        let f = parse_frame(&buf).map_err(|why| self.corruption(lsn, why.to_owned()))?;
+        Record::decode(f.kind, f.payload).map_err(|e| self.corruption(lsn, e.to_string()))
+    }
+
+    fn corruption(&self, lsn: u64, detail: String) -> Error {
+        self.inner
+            .shared
+            .stats
+            .corruption_detected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (slot, offset) = self
+            .inner
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .locate(lsn)
+            .unwrap_or((0, 0));
+        Error::Corruption {
+            lsn,
+            slot,
+            offset,
+            detail,
+        }
+    }
+}
+
+/// Streams a file's content chunk by chunk; memory stays at one chunk.
+pub struct FileReader {
+    engine: Engine,
+    chunks: Vec<ChunkRef>,
+    next: usize,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for FileReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(c) = self.chunks.get(self.next) else {
+                return Ok(0);
+            };
+            self.buf = self
+                .engine
+                .read_chunk(&c.hash)
+                .map_err(std::io::Error::other)?;
+            if self.buf.len() != c.len as usize {
+                return Err(std::io::Error::other(format!(
+                    "chunk length {} != {}",
+                    self.buf.len(),
+                    c.len
+                )));
+            }
+            self.pos = 0;
+            self.next += 1;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,649 @@
+//! Log records: what the engine appends to the device, and what replication carries.
+//!
+//! A record on disk is a 12-byte header, then its payload:
+//!
+//! ```text
+//! crc32c u32 | kind u8 | flags u8 | reserved u16 | payload length u32 | payload
+//! ```
+//!
+//! The CRC covers everything after itself. Records do not know their own position: the flush
+//! unit that holds them does (see `log.rs`), so a record is position-independent and can be
+//! encoded by the thread that produces it.
+
+use repl_types::{EntryPath, Tid};
+
+use crate::codec::{Dec, DecodeError, Enc};
+
+/// A BLAKE3 hash.
+pub type Hash = [u8; 32];
+
+/// The largest chunk of file data; files are cut at fixed multiples of it, so the same bytes
+/// always give the same chunks (and the same content hash) on every node.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// Bytes in a record header.
+pub(crate) const RECORD_HEADER: usize = 12;
+
+/// What kind of entry a version is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl EntryKind {
+    fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 1,
+            EntryKind::Dir => 2,
+            EntryKind::Symlink => 3,
+        }
+    }
+    fn from_code(c: u8) -> Result<EntryKind, DecodeError> {
+        Ok(match c {
+            1 => EntryKind::File,
+            2 => EntryKind::Dir,
+            3 => EntryKind::Symlink,
+            _ => return Err(DecodeError("unknown entry kind")),
+        })
+    }
+}
+
+/// A reference to a chunk of file data, by content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkRef {
+    /// BLAKE3 of the chunk's bytes.
+    pub hash: Hash,
+    /// The chunk's length in bytes.
+    pub len: u32,
+}
+
+/// The content of one version of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Size in bytes: the file length, the symlink target length, 0 for a directory.
+    pub size: u64,
+    /// The target of a symlink; empty otherwise.
+    pub target: String,
+    /// The chunks of a file, in order; empty otherwise.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl EntryMeta {
+    /// The content hash of the entry: for a file, BLAKE3 over its chunk hashes and lengths
+    /// (no data is re-read); for a symlink, of its target; for a directory, of nothing.
+    pub fn content_hash(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        match self.kind {
+            EntryKind::File => {
+                for c in &self.chunks {
+                    h.update(&c.hash);
+                    h.update(&c.len.to_le_bytes());
+                }
+            }
+            EntryKind::Symlink => {
+                h.update(self.target.as_bytes());
+            }
+            EntryKind::Dir => {}
+        }
+        *h.finalize().as_bytes()
+    }
+
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u8(self.kind.code())
+            .u32(self.mode)
+            .i64(self.mtime_ns)
+            .u64(self.size)
+            .str(&self.target);
+        e.u32(u32::try_from(self.chunks.len()).expect("chunk count is bounded by the size limit"));
+        for c in &self.chunks {
+            e.raw(&c.hash).u32(c.len);
+        }
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<EntryMeta, DecodeError> {
+        let kind = EntryKind::from_code(d.u8()?)?;
+        let mode = d.u32()?;
+        let mtime_ns = d.i64()?;
+        let size = d.u64()?;
+        let target = d.string()?;
+        let n = d.count(36)?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            chunks.push(ChunkRef {
+                hash: d.hash()?,
+                len: d.u32()?,
+            });
+        }
+        Ok(EntryMeta {
+            kind,
+            mode,
+            mtime_ns,
+            size,
+            target,
+            chunks,
+        })
+    }
+}
+
+/// One change to one path within a commit. A commit holds at most one op per path: the net
+/// effect of its transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A new version of `path`, replacing the live version created at `supersedes`, if any.
+    Put {
+        /// The path.
+        path: EntryPath,
+        /// The new version's content.
+        meta: EntryMeta,
+        /// Create TID of the version this one replaces.
+        supersedes: Option<Tid>,
+    },
+    /// `path` ends: the live version created at `supersedes` is deleted.
+    Delete {
+        /// The path.
+        path: EntryPath,
+        /// Create TID of the version deleted.
+        supersedes: Tid,
+    },
+}
+
+impl Op {
+    /// The path the op changes.
+    pub fn path(&self) -> &EntryPath {
+        match self {
+            Op::Put { path, .. } | Op::Delete { path, .. } => path,
+        }
+    }
+}
+
+/// A committed transaction: what the change scan yields and what a slave applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Its TID.
+    pub tid: Tid,
+    /// The history chain after this commit: BLAKE3(previous chain ‖ content hash).
+    pub chain: Hash,
+    /// The ops, sorted by path.
+    pub ops: Vec<Op>,
+}
+
+impl Change {
+    /// The hash of the change's TID and ops: what the chain links.
+    pub fn content_hash(tid: Tid, ops: &[Op]) -> Hash {
+        let mut e = Enc::new();
+        e.u64(tid.get());
+        encode_ops(&mut e, ops);
+        *blake3::hash(&e.0).as_bytes()
+    }
+
+    /// The chain link that follows `prev` for a commit at `tid` with `ops`.
+    pub fn next_chain(prev: &Hash, tid: Tid, ops: &[Op]) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(prev);
+        h.update(&Change::content_hash(tid, ops));
+        *h.finalize().as_bytes()
+    }
+
+    /// The chunks the change references, in order (with repeats).
+    pub fn chunk_refs(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.ops.iter().flat_map(|op| match op {
+            Op::Put { meta, .. } => meta.chunks.as_slice(),
+            Op::Delete { .. } => &[],
+        })
+    }
+}
+
+fn encode_ops(e: &mut Enc, ops: &[Op]) {
+    e.u32(u32::try_from(ops.len()).expect("op count is bounded by the commit size limit"));
+    for op in ops {
+        match op {
+            Op::Put {
+                path,
+                meta,
+                supersedes,
+            } => {
+                e.u8(1)
+                    .str(path.as_str())
+                    .u64(supersedes.map_or(0, Tid::get));
+                meta.encode(e);
+            }
+            Op::Delete { path, supersedes } => {
+                e.u8(2).str(path.as_str()).u64(supersedes.get());
+            }
+        }
+    }
+}
+
+fn decode_ops(d: &mut Dec<'_>) -> Result<Vec<Op>, DecodeError> {
+    let n = d.count(13)?;
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tag = d.u8()?;
+        let path = EntryPath::new(d.string()?).map_err(|_| DecodeError("invalid path"))?;
+        let sup = d.u64()?;
+        ops.push(match tag {
+            1 => Op::Put {
+                path,
+                supersedes: (sup != 0).then_some(Tid(sup)),
+                meta: EntryMeta::decode(d)?,
+            },
+            2 => Op::Delete {
+                path,
+                supersedes: Tid(sup),
+            },
+            _ => return Err(DecodeError("unknown op")),
+        });
+    }
+    Ok(ops)
+}
+
+/// Whether a PFS is written locally or by replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Written by local clients; may feed slaves.
+    Master,
+    /// Read-only; written only by replication from its master.
+    Slave,
+}
+
+/// Where a slave stands inside a TID it has only partly received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// The TID being received.
+    pub tid: Tid,
+    /// How many of its chunk references have arrived durably (in the order of
+    /// [`Change::chunk_refs`]).
+    pub chunks_done: u64,
+}
+
+/// A change to the PFS catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PfsEvent {
+    Create {
+        id: u32,
+        name: String,
+        uuid: [u8; 16],
+        shared_uuid: [u8; 16],
+        role: Role,
+        nohistory: bool,
+        created: Tid,
+    },
+    Configure {
+        id: u32,
+        role: Role,
+        nohistory: bool,
+    },
+    Destroy {
+        id: u32,
+    },
+    Snapshot {
+        id: u32,
+        name: String,
+        tid: Tid,
+    },
+    SnapshotDelete {
+        id: u32,
+        name: String,
+    },
+}
+
+/// A record as the engine uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// File data. Only the hash is decoded when scanning; the data stays on the device.
+    Chunk {
+        hash: Hash,
+        len: u32,
+    },
+    Commit {
+        pfs: u32,
+        change: Change,
+    },
+    Pfs(PfsEvent),
+    Checkpoint {
+        pfs: u32,
+        synced: Tid,
+        partial: Option<Partial>,
+        master_head: Tid,
+    },
+}
+
+const KIND_CHUNK: u8 = 1;
+const KIND_COMMIT: u8 = 2;
+const KIND_PFS: u8 = 3;
+const KIND_CHECKPOINT: u8 = 4;
+
+fn role_code(r: Role) -> u8 {
+    match r {
+        Role::Master => 1,
+        Role::Slave => 2,
+    }
+}
+
+fn role_from(c: u8) -> Result<Role, DecodeError> {
+    match c {
+        1 => Ok(Role::Master),
+        2 => Ok(Role::Slave),
+        _ => Err(DecodeError("unknown role")),
+    }
+}
+
+fn frame(kind: u8, payload_len: usize, write_payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(RECORD_HEADER + payload_len);
+    buf.extend_from_slice(&[0; 4]);
+    buf.push(kind);
+    buf.push(0);
+    buf.extend_from_slice(&[0; 2]);
+    buf.extend_from_slice(
+        &u32::try_from(payload_len)
+            .expect("records are bounded")
+            .to_le_bytes(),
+    );
+    write_payload(&mut buf);
+    debug_assert_eq!(buf.len(), RECORD_HEADER + payload_len);
+    let crc = crc32c::crc32c(&buf[4..]);
+    buf[..4].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// Encodes a chunk record from its data (hashing it).
+pub(crate) fn encode_chunk(data: &[u8]) -> (ChunkRef, Vec<u8>) {
+    let hash = *blake3::hash(data).as_bytes();
+    let len = u32::try_from(data.len()).expect("chunks are at most CHUNK_SIZE");
+    let buf = encode_chunk_hashed(&hash, data);
+    (ChunkRef { hash, len }, buf)
+}
+
+/// Encodes a chunk record whose hash the caller has computed (and verified).
+pub(crate) fn encode_chunk_hashed(hash: &Hash, data: &[u8]) -> Vec<u8> {
+    frame(KIND_CHUNK, 32 + data.len(), |b| {
+        b.extend_from_slice(hash);
+        b.extend_from_slice(data);
+    })
+}
+
+impl Record {
+    /// Encodes a record other than a chunk (chunks are framed by [`encode_chunk`]).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        let kind = match self {
+            Record::Chunk { .. } => {
+                unreachable!("chunk records are encoded with their data by encode_chunk")
+            }
+            Record::Commit { pfs, change } => {
+                e.u32(*pfs).u64(change.tid.get()).raw(&change.chain);
+                encode_ops(&mut e, &change.ops);
+                KIND_COMMIT
+            }
+            Record::Pfs(ev) => {
+                match ev {
+                    PfsEvent::Create {
+                        id,
+                        name,
+                        uuid,
+                        shared_uuid,
+                        role,
+                        nohistory,
+                        created,
+                    } => {
+                        e.u8(1).u32(*id).str(name).raw(uuid).raw(shared_uuid);
+                        e.u8(role_code(*role))
+                            .u8(u8::from(*nohistory))
+                            .u64(created.get());
+                    }
+                    PfsEvent::Configure {
+                        id,
+                        role,
+                        nohistory,
+                    } => {
+                        e.u8(2)
+                            .u32(*id)
+                            .u8(role_code(*role))
+                            .u8(u8::from(*nohistory));
+                    }
+                    PfsEvent::Destroy { id } => {
+                        e.u8(3).u32(*id);
+                    }
+                    PfsEvent::Snapshot { id, name, tid } => {
+                        e.u8(4).u32(*id).str(name).u64(tid.get());
+                    }
+                    PfsEvent::SnapshotDelete { id, name } => {
+                        e.u8(5).u32(*id).str(name);
+                    }
+                }
+                KIND_PFS
+            }
+            Record::Checkpoint {
+                pfs,
+                synced,
+                partial,
+                master_head,
+            } => {
+                e.u32(*pfs).u64(synced.get()).u64(master_head.get());
+                match partial {
+                    Some(p) => e.u8(1).u64(p.tid.get()).u64(p.chunks_done),
+                    None => e.u8(0),
+                };
+                KIND_CHECKPOINT
+            }
+        };
+        let payload = e.finish();
+        frame(kind, payload.len(), |b| b.extend_from_slice(&payload))
+    }
+
+    /// Decodes a record's payload, given its kind.
+    pub(crate) fn decode(kind: u8, payload: &[u8]) -> Result<Record, DecodeError> {
+        let mut d = Dec::new(payload);
+        let rec = match kind {
+            KIND_CHUNK => {
+                let hash = d.hash()?;
+                let len =
+                    u32::try_from(d.rest().len()).map_err(|_| DecodeError("chunk too large"))?;
+                return Ok(Record::Chunk { hash, len });
+            }
+            KIND_COMMIT => {
+                let pfs = d.u32()?;
+                let tid = Tid(d.u64()?);
+                let chain = d.hash()?;
+                let ops = decode_ops(&mut d)?;
+                Record::Commit {
+                    pfs,
+                    change: Change { tid, chain, ops },
+                }
+            }
+            KIND_PFS => Record::Pfs(match d.u8()? {
+                1 => PfsEvent::Create {
+                    id: d.u32()?,
+                    name: d.string()?,
+                    uuid: d.uuid()?,
+                    shared_uuid: d.uuid()?,
+                    role: role_from(d.u8()?)?,
+                    nohistory: d.u8()? != 0,
+                    created: Tid(d.u64()?),
+                },
+                2 => PfsEvent::Configure {
+                    id: d.u32()?,
+                    role: role_from(d.u8()?)?,
+                    nohistory: d.u8()? != 0,
+                },
+                3 => PfsEvent::Destroy { id: d.u32()? },
+                4 => PfsEvent::Snapshot {
+                    id: d.u32()?,
+                    name: d.string()?,
+                    tid: Tid(d.u64()?),
+                },
+                5 => PfsEvent::SnapshotDelete {
+                    id: d.u32()?,
+                    name: d.string()?,
+                },
+                _ => return Err(DecodeError("unknown PFS event")),
+            }),
+            KIND_CHECKPOINT => {
+                let pfs = d.u32()?;
+                let synced = Tid(d.u64()?);
+                let master_head = Tid(d.u64()?);
+                let partial = match d.u8()? {
+                    0 => None,
+                    _ => Some(Partial {
+                        tid: Tid(d.u64()?),
+                        chunks_done: d.u64()?,
+                    }),
+                };
+                Record::Checkpoint {
+                    pfs,
+                    synced,
+                    partial,
+                    master_head,
+                }
+            }
+            _ => return Err(DecodeError("unknown record kind")),
+        };
+        d.end()?;
+        Ok(rec)
+    }
+}
+
+/// A framed record found in a buffer.
+pub(crate) struct Framed<'a> {
+    pub kind: u8,
+    pub payload: &'a [u8],
+    /// Header plus payload.
+    pub total_len: usize,
+}
+
+/// Parses and checksums the record at the start of `buf`.
+pub(crate) fn parse_frame(buf: &[u8]) -> Result<Framed<'_>, &'static str> {
+    if buf.len() < RECORD_HEADER {
+        return Err("record header runs past the unit");
+    }
+    let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    let total_len = RECORD_HEADER + len;
+    if buf.len() < total_len {
+        return Err("record runs past the unit");
+    }
+    let stored = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if crc32c::crc32c(&buf[4..total_len]) != stored {
+        return Err("record checksum mismatch");
+    }
+    Ok(Framed {
+        kind: buf[4],
+        payload: &buf[RECORD_HEADER..total_len],
+        total_len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(s: &str) -> EntryPath {
+        EntryPath::new(s).expect("valid path")
+    }
+
+    #[test]
+    fn every_record_kind_round_trips_through_its_frame() {
+        let meta = EntryMeta {
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime_ns: 1_700_000_000_000_000_000,
+            size: 5,
+            target: String::new(),
+            chunks: vec![ChunkRef {
+                hash: [9; 32],
+                len: 5,
+            }],
+        };
+        let records = vec![
+            Record::Commit {
+                pfs: 3,
+                change: Change {
+                    tid: Tid(77),
+                    chain: [4; 32],
+                    ops: vec![
+                        Op::Put {
+                            path: path("a/b"),
+                            meta,
+                            supersedes: Some(Tid(5)),
+                        },
+                        Op::Delete {
+                            path: path("c"),
+                            supersedes: Tid(6),
+                        },
+                    ],
+                },
+            },
+            Record::Pfs(PfsEvent::Create {
+                id: 1,
+                name: "data".into(),
+                uuid: [1; 16],
+                shared_uuid: [2; 16],
+                role: Role::Slave,
+                nohistory: true,
+                created: Tid(9),
+            }),
+            Record::Pfs(PfsEvent::Snapshot {
+                id: 1,
+                name: "nightly".into(),
+                tid: Tid(10),
+            }),
+            Record::Checkpoint {
+                pfs: 1,
+                synced: Tid(5),
+                partial: Some(Partial {
+                    tid: Tid(6),
+                    chunks_done: 3,
+                }),
+                master_head: Tid(8),
+            },
+        ];
+        for rec in records {
+            let buf = rec.encode();
+            let f = parse_frame(&buf).expect("valid frame");
+            assert_eq!(f.total_len, buf.len());
+            assert_eq!(Record::decode(f.kind, f.payload).expect("decodes"), rec);
+        }
+        let (cref, buf) = encode_chunk(b"hello");
+        let f = parse_frame(&buf).expect("valid frame");
+        assert_eq!(
+            Record::decode(f.kind, f.payload).expect("decodes"),
+            Record::Chunk {
+                hash: cref.hash,
+                len: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let (_, mut buf) = encode_chunk(b"some data");
+        buf[20] ^= 0x10;
+        assert_eq!(parse_frame(&buf).err(), Some("record checksum mismatch"));
+        assert!(parse_frame(&buf[..8]).is_err());
+    }
+
+    #[test]
+    fn the_chain_depends_on_every_op() {
+        let ops = vec![Op::Delete {
+            path: path("x"),
+            supersedes: Tid(1),
+        }];
+        let a = Change::next_chain(&[0; 32], Tid(2), &ops);
+        let b = Change::next_chain(&[0; 32], Tid(3), &ops);
+        let c = Change::next_chain(&[1; 32], Tid(2), &ops);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+    }
+}

@@ -1,0 +1,467 @@
+//! The writer: one thread that owns every write to the device.
+//!
+//! Callers send [`Work`] over a bounded channel. The writer takes everything that is queued (a
+//! group), executes each piece against the index plus the group's own effects, places the
+//! resulting records into flush units, writes them, makes them durable with one `fdatasync`,
+//! applies the group's index changes in one atomic batch, and only then answers. Concurrent
+//! committers therefore share one write and one fsync, readers only ever see durable state, and
+//! the index only ever covers durable log.
+//!
+//! Work that needs no durability by itself (the data chunks of a large file, sent ahead of its
+//! commit) is written without an fsync; its index changes wait in `pending` until the next fsync.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use repl_types::Tid;
+use tokio::sync::watch;
+
+use crate::apply::apply_record;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::exec::{self, Intent, PfsCommand};
+use crate::index::{IndexStore, Overlay, Writes};
+use crate::log::{Appender, LogPos, SegmentMap};
+use crate::record::{Change, Partial, Record, Role, parse_frame};
+use crate::schema;
+
+/// Most bytes of work taken into one group.
+const MAX_GROUP_BYTES: usize = 64 << 20;
+/// Most submissions in one group.
+const MAX_GROUP_LEN: usize = 1024;
+/// Written-but-unsynced bytes after which the writer syncs anyway.
+const MAX_UNSYNCED: u64 = 256 << 20;
+
+/// A piece of work for the writer.
+pub(crate) enum Work {
+    /// Encoded chunk records, written ahead of the commit that will reference them.
+    Chunks(Vec<Vec<u8>>),
+    /// A local transaction, with the encoded chunk records not yet sent.
+    Commit {
+        pfs: String,
+        intents: Vec<Intent>,
+        chunks: Vec<Vec<u8>>,
+    },
+    /// Replicated changes for a slave, with the chunks they need and the new checkpoint.
+    Apply {
+        pfs: String,
+        chunks: Vec<Vec<u8>>,
+        changes: Vec<Change>,
+        partial: Option<Partial>,
+        master_head: Tid,
+    },
+    /// A change to the PFS catalog.
+    Pfs(PfsCommand),
+    /// Make everything written durable.
+    Sync,
+}
+
+impl Work {
+    fn bytes(&self) -> usize {
+        match self {
+            Work::Chunks(c) | Work::Commit { chunks: c, .. } | Work::Apply { chunks: c, .. } => {
+                c.iter().map(Vec::len).sum::<usize>() + 256
+            }
+            _ => 256,
+        }
+    }
+
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Work::Chunks(_))
+    }
+}
+
+/// What a piece of work produced.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Written,
+    Committed(Option<Tid>),
+    Applied { head: Tid, partial: Option<Partial> },
+    Pfs,
+}
+
+/// Work and where to answer.
+pub(crate) struct Submission {
+    pub work: Work,
+    pub reply: SyncSender<Result<Outcome>>,
+}
+
+/// Counters the engine keeps; the daemon exports them as metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed (local and replicated).
+    pub commits: AtomicU64,
+    /// `fdatasync` calls.
+    pub fsyncs: AtomicU64,
+    /// Nanoseconds spent in `fdatasync`, in total.
+    pub fsync_ns: AtomicU64,
+    /// Bytes written to the log.
+    pub bytes_written: AtomicU64,
+    /// Groups written.
+    pub groups: AtomicU64,
+    /// Index rebuilds since start.
+    pub index_rebuilds: AtomicU64,
+    /// Log corruption found.
+    pub corruption_detected: AtomicU64,
+}
+
+/// State the writer shares with readers.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub poisoned: Mutex<Option<String>>,
+    pub heads: Mutex<HashMap<u32, watch::Sender<Tid>>>,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn poison(&self, why: String) {
+        tracing::error!(error = %why, "storage engine stopped after a failed write");
+        *self
+            .poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+    }
+
+    pub fn notify(&self, pfs: u32, head: Tid) {
+        let mut heads = self
+            .heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = heads.entry(pfs).or_insert_with(|| watch::channel(head).0);
+        tx.send_if_modified(|h| {
+            let changed = *h != head;
+            *h = head;
+            changed
+        });
+    }
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    pub dev: Arc<Device>,
+    pub index: Arc<dyn IndexStore>,
+    pub map: Arc<RwLock<SegmentMap>>,
+    pub app: Appender,
+    pub shared: Arc<Shared>,
+    /// Index changes of units written but not yet durable.
+    pub pending: Writes,
+    pub unsynced: u64,
+}
+
+impl Writer {
+    /// Serves submissions until every sender is gone, then makes everything durable.
+    pub fn run(mut self, rx: Receiver<Submission>) {
+        while let Ok(first) = rx.recv() {
+            let mut bytes = first.work.bytes();
+            let mut group = vec![first];
+            while bytes < MAX_GROUP_BYTES && group.len() < MAX_GROUP_LEN {
+                match rx.try_recv() {
+                    Ok(s) => {
+                        bytes += s.work.bytes();
+                        group.push(s);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+        if self.shared.poisoned().is_none() {
+            let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+            self.process(vec![Submission {
+                work: Work::Sync,
+                reply: tx,
+            }]);
+            if let Err(e) = self.index.flush() {
+                tracing::warn!(error = %e, "index flush at shutdown failed; the next start replays more log");
+            }
+        }
+    }
+
+    fn process(&mut self, group: Vec<Submission>) {
+        if let Some(why) = self.shared.poisoned() {
+            for s in group {
+                let _ = s.reply.send(Err(Error::Poisoned(why.clone())));
+            }
+            return;
+        }
+        let group_mark = self.app.mark();
+        let index = Arc::clone(&self.index);
+        let saved_pending = self.pending.clone();
+        let mut layer = Overlay::new(&*index, std::mem::take(&mut self.pending));
+        let map_guard = Arc::clone(&self.map);
+        let map = map_guard
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut results = Vec::with_capacity(group.len());
+        let mut notify = Vec::new();
+        let mut need_sync = self.unsynced > MAX_UNSYNCED;
+        let mut commits = 0u64;
+        for sub in &group {
+            let mark = self.app.mark();
+            let mut child = Overlay::new(&layer, Writes::new());
+            match execute(&mut self.app, &map, &mut child, &sub.work, &mut notify) {
+                Ok(outcome) => {
+                    let writes = child.writes;
+                    layer.writes.extend(writes);
+                    need_sync |= sub.work.needs_sync();
+                    if matches!(outcome, Outcome::Committed(Some(_))) {
+                        commits += 1;
+                    }
+                    results.push(Ok(outcome));
+                }
+                Err(e) => {
+                    drop(child);
+                    self.app.rewind(mark);
+                    results.push(Err(e));
+                }
+            }
+        }
+        drop(map);
+        let new_segments = self.app.new_segments.clone();
+        let written = self.write_units(need_sync);
+        let mut writes = layer.writes;
+        let outcome = written.and_then(|bytes| {
+            self.map
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(&new_segments);
+            self.app.new_segments.clear();
+            if need_sync {
+                let (seg, off) = self.app.tail.expect("the log has a segment after a write");
+                let covered = LogPos {
+                    lsn: seg.seq * self.app.seg_size + off,
+                    prev_seq: self.app.last_unit_seq,
+                };
+                writes.insert(schema::COVERED.to_vec(), Some(schema::encode_pos(covered)));
+                self.index
+                    .apply(&writes)
+                    .map_err(|e| Error::Poisoned(format!("index update failed: {e}")))?;
+                self.unsynced = 0;
+            } else {
+                self.pending = writes;
+                self.unsynced += bytes;
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                let stats = &self.shared.stats;
+                stats.commits.fetch_add(commits, Ordering::Relaxed);
+                stats.groups.fetch_add(1, Ordering::Relaxed);
+                for (pfs, head) in notify {
+                    self.shared.notify(pfs, head);
+                }
+                for (s, r) in group.into_iter().zip(results) {
+                    let _ = s.reply.send(r);
+                }
+            }
+            Err(e) => {
+                // Nothing of this group is acknowledged. Unit and segment seqs stay advanced, so
+                // that units of this group already on the device can never be taken for later
+                // ones.
+                let (next_unit, next_seg) = (self.app.next_unit_seq, self.app.next_seg_seq);
+                self.app.rewind(group_mark);
+                self.app.next_unit_seq = next_unit;
+                self.app.next_seg_seq = next_seg;
+                self.app.new_segments.clear();
+                self.pending = saved_pending;
+                let msg = e.to_string();
+                let full = matches!(e, Error::DeviceFull { .. });
+                if !full {
+                    self.shared.poison(msg.clone());
+                }
+                for s in group {
+                    let err = if full {
+                        Error::DeviceFull {
+                            detail: msg.trim_start_matches("device full: ").to_owned(),
+                        }
+                    } else {
+                        Error::Poisoned(msg.clone())
+                    };
+                    let _ = s.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    /// Writes the assembled units, and syncs when asked. Returns the bytes written.
+    fn write_units(&mut self, sync: bool) -> Result<u64> {
+        let units = self.app.take_units();
+        let mut bytes = 0u64;
+        for u in units {
+            let off = u.device_offset;
+            let buf = u.into_bytes(&self.app.volume);
+            self.dev.write_at(&buf, off)?;
+            bytes += buf.len() as u64;
+        }
+        let stats = &self.shared.stats;
+        stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        if sync && (bytes > 0 || self.unsynced > 0) {
+            let t = Instant::now();
+            self.dev
+                .sync()
+                .map_err(|e| Error::Poisoned(format!("fdatasync failed: {e}")))?;
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            stats
+                .fsync_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.app.durable_seq = self.app.last_unit_seq;
+        }
+        Ok(bytes)
+    }
+}
+
+impl SegmentMap {
+    fn extend(&mut self, segs: &[crate::log::SegHeader]) {
+        for h in segs {
+            self.insert(*h);
+        }
+    }
+}
+
+fn place(
+    app: &mut Appender,
+    map: &SegmentMap,
+    ov: &mut Overlay<'_>,
+    rec: &Record,
+    reserve: bool,
+) -> Result<()> {
+    let bytes = rec.encode();
+    let lsn = app.place(&bytes, map, reserve)?;
+    apply_record(ov, lsn, rec)
+}
+
+fn place_chunk(
+    app: &mut Appender,
+    map: &SegmentMap,
+    ov: &mut Overlay<'_>,
+    framed: &[u8],
+) -> Result<()> {
+    let f = parse_frame(framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
+    let rec = Record::decode(f.kind, f.payload)
+        .map_err(|e| Error::Invalid(format!("chunk record: {e}")))?;
+    let Record::Chunk { hash, .. } = &rec else {
+        return Err(Error::Invalid("expected a chunk record".into()));
+    };
+    if schema::chunk_loc(ov, hash)?.is_some() {
+        return Ok(());
+    }
+    let lsn = app.place(framed, map, false)?;
+    apply_record(ov, lsn, &rec)
+}
+
+fn execute(
+    app: &mut Appender,
+    map: &SegmentMap,
+    ov: &mut Overlay<'_>,
+    work: &Work,
+    notify: &mut Vec<(u32, Tid)>,
+) -> Result<Outcome> {
+    match work {
+        Work::Chunks(chunks) => {
+            for c in chunks {
+                place_chunk(app, map, ov, c)?;
+            }
+            Ok(Outcome::Written)
+        }
+        Work::Commit {
+            pfs,
+            intents,
+            chunks,
+        } => {
+            let p = exec::writable_pfs(ov, pfs)?;
+            for c in chunks {
+                place_chunk(app, map, ov, c)?;
+            }
+            let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
+            match exec::commit(ov, &p, intents, Tid::now())? {
+                None => Ok(Outcome::Committed(None)),
+                Some(rec) => {
+                    place(app, map, ov, &rec, frees)?;
+                    let Record::Commit { change, .. } = &rec else {
+                        unreachable!("exec::commit makes commits")
+                    };
+                    notify.push((p.id, change.tid));
+                    Ok(Outcome::Committed(Some(change.tid)))
+                }
+            }
+        }
+        Work::Apply {
+            pfs,
+            chunks,
+            changes,
+            partial,
+            master_head,
+        } => {
+            let load = |ov: &Overlay<'_>| -> Result<schema::PfsRecord> {
+                let p =
+                    schema::pfs_by_name(ov, pfs)?.ok_or_else(|| Error::NoSuchPfs(pfs.clone()))?;
+                if p.role != Role::Slave {
+                    return Err(Error::NotASlave(pfs.clone()));
+                }
+                Ok(p)
+            };
+            load(ov)?;
+            for c in chunks {
+                place_chunk(app, map, ov, c)?;
+            }
+            for change in changes {
+                let p = load(ov)?;
+                if let Some(rec) = exec::replicated(ov, &p, change)? {
+                    place(app, map, ov, &rec, false)?;
+                }
+            }
+            let p = load(ov)?;
+            place(
+                app,
+                map,
+                ov,
+                &exec::checkpoint(&p, *partial, *master_head),
+                false,
+            )?;
+            let p = load(ov)?;
+            notify.push((p.id, p.head));
+            Ok(Outcome::Applied {
+                head: p.head,
+                partial: p.partial,
+            })
+        }
+        Work::Pfs(cmd) => {
+            let (rec, id) = exec::pfs_command(ov, cmd, Tid::now())?;
+            place(app, map, ov, &rec, cmd.frees_space())?;
+            if let Some(p) = schema::pfs_by_id(ov, id)? {
+                notify.push((id, p.head));
+            }
+            Ok(Outcome::Pfs)
+        }
+        Work::Sync => Ok(Outcome::Written),
+    }
+}
+
+/// Sends work to the writer and waits for its answer.
+pub(crate) fn submit(tx: &SyncSender<Submission>, work: Work) -> Result<Outcome> {
+    wait(send(tx, work)?)
+}
+
+/// Sends work to the writer; the answer arrives on the returned receiver.
+pub(crate) fn send(tx: &SyncSender<Submission>, work: Work) -> Result<Receiver<Result<Outcome>>> {
+    let (reply, rx) = std::sync::mpsc::sync_channel(1);
+    tx.send(Submission { work, reply })
+        .map_err(|_| Error::ShuttingDown)?;
+    Ok(rx)
+}
+
+/// Waits for an answer from [`send`].
+pub(crate) fn wait(rx: Receiver<Result<Outcome>>) -> Result<Outcome> {
+    rx.recv().map_err(|_| Error::ShuttingDown)?
+}

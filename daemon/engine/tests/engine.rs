@@ -1,0 +1,201 @@
+//! Engine behaviour through its public API, on real image files.
+
+use std::path::Path;
+
+use repld_engine::{
+    ApplyBatch, At, Attrs, Engine, EngineOptions, EntryKind, EntryPath, Error, FormatOptions,
+    PfsName, PfsOptions, Role, Tid,
+};
+
+fn p(s: &str) -> EntryPath {
+    EntryPath::new(s).expect("valid path")
+}
+
+fn name(s: &str) -> PfsName {
+    PfsName::new(s).expect("valid name")
+}
+
+fn options(dir: &Path) -> EngineOptions {
+    let mut o = EngineOptions::new(dir.join("dev.img"), dir.join("index"));
+    o.create = Some(FormatOptions {
+        force: false,
+        segment_size: Some(4 << 20),
+        create_size: Some(256 << 20),
+    });
+    o
+}
+
+fn attrs() -> Attrs {
+    Attrs {
+        mode: 0o644,
+        mtime_ns: 1_700_000_000_000_000_000,
+    }
+}
+
+#[test]
+fn put_get_list_and_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = name("data");
+    let big: Vec<u8> = (0..3_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let t1;
+    {
+        let e = Engine::open(options(dir.path())).expect("open");
+        e.create_pfs(&data, PfsOptions::default()).expect("create");
+        let mut tx = e.begin(&data).expect("begin");
+        tx.mkdir(
+            &p("docs"),
+            Attrs {
+                mode: 0o755,
+                ..attrs()
+            },
+            false,
+        )
+        .expect("mkdir");
+        tx.put_bytes(&p("docs/a.txt"), attrs(), b"hello")
+            .expect("put");
+        tx.put_bytes(&p("big.bin"), attrs(), &big).expect("put big");
+        tx.symlink(&p("link"), "docs/a.txt", attrs())
+            .expect("symlink");
+        t1 = tx.commit().expect("commit").expect("changed");
+        assert_eq!(
+            e.read_file(&data, &p("docs/a.txt"), &At::Head)
+                .expect("read"),
+            b"hello"
+        );
+        e.close();
+    }
+    let e = Engine::open(options(dir.path())).expect("reopen");
+    assert_eq!(e.pfs(&data).expect("pfs").head, t1);
+    assert_eq!(
+        e.read_file(&data, &p("big.bin"), &At::Head)
+            .expect("read big"),
+        big
+    );
+    let names: Vec<String> = e
+        .list(&data, &EntryPath::root(), &At::Head)
+        .expect("list")
+        .into_iter()
+        .map(|x| x.path.to_string())
+        .collect();
+    assert_eq!(names, ["big.bin", "docs", "link"]);
+    let link = e.stat(&data, &p("link"), &At::Head).expect("stat");
+    assert_eq!(
+        (link.kind(), link.meta.target.as_str()),
+        (EntryKind::Symlink, "docs/a.txt")
+    );
+}
+
+#[test]
+fn history_is_readable_at_every_tid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(options(dir.path())).expect("open");
+    let data = name("data");
+    e.create_pfs(&data, PfsOptions::default()).expect("create");
+    let mut tids = Vec::new();
+    for i in 0..5 {
+        let mut tx = e.begin(&data).expect("begin");
+        tx.put_bytes(&p("f"), attrs(), format!("v{i}").as_bytes())
+            .expect("put");
+        tids.push(tx.commit().expect("commit").expect("changed"));
+    }
+    let mut tx = e.begin(&data).expect("begin");
+    tx.delete(&p("f"), false).expect("delete");
+    let gone = tx.commit().expect("commit").expect("changed");
+    for (i, t) in tids.iter().enumerate() {
+        assert_eq!(
+            e.read_file(&data, &p("f"), &At::Tid(*t)).expect("old read"),
+            format!("v{i}").as_bytes()
+        );
+    }
+    assert!(matches!(
+        e.stat(&data, &p("f"), &At::Tid(gone)),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(e.history(&data, &p("f")).expect("history").len(), 5);
+    let snap = e
+        .snapshot_create(&data, "before-delete", Some(tids[4]))
+        .expect("snapshot");
+    assert_eq!(snap, tids[4]);
+    assert_eq!(
+        e.read_file(&data, &p("f"), &At::Snapshot("before-delete".into()))
+            .expect("read"),
+        b"v4"
+    );
+}
+
+#[test]
+fn invalid_writes_change_nothing_and_name_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(options(dir.path())).expect("open");
+    let data = name("data");
+    e.create_pfs(&data, PfsOptions::default()).expect("create");
+    let head = e.pfs(&data).expect("pfs").head;
+    let mut tx = e.begin(&data).expect("begin");
+    tx.put_bytes(&p("ok"), attrs(), b"x").expect("put");
+    tx.put_bytes(&p("missing/child"), attrs(), b"x")
+        .expect("put");
+    assert!(
+        matches!(tx.commit(), Err(Error::ParentMissing(path)) if path.as_str() == "missing/child")
+    );
+    assert_eq!(
+        e.pfs(&data).expect("pfs").head,
+        head,
+        "a failed transaction must not commit anything"
+    );
+    assert!(matches!(
+        e.stat(&data, &p("ok"), &At::Head),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn slave_refuses_writes_and_applies_a_change_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(options(dir.path())).expect("open");
+    let (m, s) = (name("master"), name("slave"));
+    let info = e
+        .create_pfs(&m, PfsOptions::default())
+        .expect("create master");
+    e.create_pfs(
+        &s,
+        PfsOptions {
+            role: Role::Slave,
+            nohistory: false,
+            shared_uuid: Some(info.shared_uuid),
+        },
+    )
+    .expect("create slave");
+    assert!(matches!(e.begin(&s), Err(Error::ReadOnlySlave(_))));
+    for i in 0..3 {
+        let mut tx = e.begin(&m).expect("begin");
+        tx.put_bytes(&p(&format!("f{i}")), attrs(), &vec![i as u8; 2_000_000])
+            .expect("put");
+        tx.commit().expect("commit");
+    }
+    let changes = e.changes_since(&m, Tid::ZERO, 100).expect("scan");
+    assert_eq!(changes.len(), 3);
+    let mut batch = ApplyBatch {
+        master_head: e.pfs(&m).expect("pfs").head,
+        ..ApplyBatch::default()
+    };
+    for c in &changes {
+        for r in c.chunk_refs() {
+            batch.chunks.push(e.read_chunk(&r.hash).expect("chunk"));
+        }
+    }
+    batch.changes = changes.clone();
+    let cp = e.apply(&s, batch.clone()).expect("apply");
+    assert_eq!(cp.synced, changes[2].tid);
+    assert_eq!(
+        e.apply(&s, batch).expect("re-apply").synced,
+        cp.synced,
+        "a repeated batch is harmless"
+    );
+    for c in &changes {
+        for name_ in ["f0", "f1", "f2"] {
+            let a = e.stat(&m, &p(name_), &At::Tid(c.tid)).map(|x| x.meta).ok();
+            let b = e.stat(&s, &p(name_), &At::Tid(c.tid)).map(|x| x.meta).ok();
+            assert_eq!(a, b);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Domain newtypes shared by every repld crate.
+//!
+//! Nothing here knows about disks or sockets. These types are the vocabulary the engine, the
+//! wire protocol and the CLI share, and each one validates itself on construction, so a value
+//! of the type is always well formed:
+//!
+//! - [`Tid`]: a transaction id, which is also a wall-clock timestamp in nanoseconds.
+//! - [`PfsName`]: the name of a PFS on a node.
+//! - [`EntryPath`]: a normalized path inside a PFS.
+
+mod path;
+mod pfs;
+mod tid;
+
+pub use path::{EntryPath, MAX_NAME_LEN, MAX_PATH_LEN, PathError};
+pub use pfs::{PfsName, PfsNameError};
+pub use tid::{Tid, TidParseError};
