@@ -260,6 +260,7 @@ impl Engine {
     }
 
     fn read_record(&self, lsn: u64) -> Result<Record> {
+        self.inner.shared.stats.records_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut head = [0u8; RECORD_HEADER];
         self.read_at_lsn(lsn, &mut head)?;
         let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;

@@ -106,6 +106,9 @@ pub struct Stats {
     pub index_rebuilds: AtomicU64,
     /// Log corruption found.
     pub corruption_detected: AtomicU64,
+    /// Whole records (commits, events) read back from the log by readers; the change scan's
+    /// cost.
+    pub records_read: AtomicU64,
 }
 
 /// State the writer shares with readers.
