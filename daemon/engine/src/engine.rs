@@ -245,7 +245,10 @@ impl Engine {
         let shared = Arc::new(Shared::default());
         let mut map = SegmentMap::load(&dev)?;
         let (index, fresh) = open_index(opts.index_dir.as_deref(), opts.rebuild_index)?;
-        if fresh {
+        if fresh && log::log_start(&map).is_some() {
+            if opts.index_dir.is_some() && !opts.rebuild_index {
+                tracing::warn!(device = %opts.device.display(), "the device has no index: rebuilding it from the log");
+            }
             shared
                 .stats
                 .index_rebuilds
@@ -464,13 +467,13 @@ impl Engine {
     // ----- writes -----
 
     /// Starts a transaction on a master PFS. Nothing is visible until [`Txn::commit`].
-    pub fn begin(&self, name: &PfsName) -> Result<Txn<'_>> {
+    pub fn begin(&self, name: &PfsName) -> Result<Txn> {
         let rec = self.record(name)?;
         if rec.role == Role::Slave {
             return Err(Error::ReadOnlySlave(name.to_string()));
         }
         Ok(Txn {
-            engine: self,
+            engine: self.clone(),
             pfs: name.to_string(),
             intents: Vec::new(),
             chunks: Vec::new(),
@@ -664,8 +667,8 @@ fn replay_from(
 /// A transaction being built. Data is written to the log as it is added; nothing becomes
 /// visible until [`Txn::commit`] returns. Dropping it uncommitted leaves only unreferenced
 /// chunks, which space reclaim removes.
-pub struct Txn<'e> {
-    engine: &'e Engine,
+pub struct Txn {
+    engine: Engine,
     pfs: String,
     intents: Vec<Intent>,
     chunks: Vec<Vec<u8>>,
@@ -678,7 +681,7 @@ const SEND_AHEAD: usize = 8 << 20;
 /// Chunk batches a transaction may have in flight.
 const MAX_INFLIGHT: usize = 4;
 
-impl Txn<'_> {
+impl Txn {
     /// Adds a file with the content read from `data` (streamed, in chunks). Returns its size.
     pub fn put_file(&mut self, path: &EntryPath, attrs: Attrs, data: &mut dyn Read) -> Result<u64> {
         check_mode(path, attrs.mode)?;
