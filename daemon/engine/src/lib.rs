@@ -15,6 +15,7 @@
 //! - `exec`: validation of transactions, replicated changes and catalog commands.
 //! - `writer`: the group-commit writer thread.
 //! - [`Engine`] (`engine`) and its reads (`read`): the public API.
+//! - `export`: deterministic tar export of a PFS at a TID.
 //! - [`fsck`]: offline checks of a device.
 //!
 //! The engine's API is blocking; async callers use `spawn_blocking`.
@@ -25,6 +26,7 @@ pub mod device;
 mod engine;
 mod error;
 mod exec;
+mod export;
 pub mod fsck;
 mod index;
 mod log;
