@@ -527,12 +527,16 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
     Ok((Record::Pfs(ev), id))
 }
 
+/// Snapshot names follow PFS names, and must not read as a TID (so `@NAME` and `@TID` never
+/// clash in `PFS@...` arguments).
 fn validate_snapshot_name(name: &str) -> Result<()> {
-    repl_types::PfsName::new(name).map(|_| ()).map_err(|_| {
-        Error::Invalid(format!(
-            "`{name}` is not a valid snapshot name (1-64 of A-Z a-z 0-9 . _ -)"
-        ))
-    })
+    if repl_types::PfsName::new(name).is_err() || name.parse::<Tid>().is_ok() {
+        return Err(Error::Invalid(format!(
+            "`{name}` is not a valid snapshot name \
+             (1-64 of A-Z a-z 0-9 . _ -, not starting with . or -, and not a TID)"
+        )));
+    }
+    Ok(())
 }
 
 /// The checkpoint record a slave writes after applying a batch.
