@@ -143,6 +143,31 @@ impl Device {
     /// given. Refuses a device with a recognizable signature (or any non-zero data in its first
     /// 64 KiB) unless `force`, as mkfs does.
     pub fn format(path: &Path, opts: &FormatOptions) -> Result<Superblock> {
+        if opts.create_size.is_some() && !path.exists() {
+            // A new image is formatted under a temporary name and renamed into place: a crash
+            // half-way through the first start must not leave an image without a superblock,
+            // which every later start would refuse (it exists, so it is not created again).
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".formatting");
+            let tmp = PathBuf::from(tmp);
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("remove {}", tmp.display()), e)),
+            }
+            let sb = Device::format_in_place(&tmp, opts)?;
+            std::fs::rename(&tmp, path).map_err(|e| {
+                Error::io(format!("rename {} to {}", tmp.display(), path.display()), e)
+            })?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+            return Ok(sb);
+        }
+        Device::format_in_place(path, opts)
+    }
+
+    fn format_in_place(path: &Path, opts: &FormatOptions) -> Result<Superblock> {
         let file = open_or_create(path, opts.create_size)?;
         let size = device_size(&file, path)?;
         if !opts.force
@@ -401,6 +426,12 @@ const fn libc_enospc() -> i32 {
 
 /// fsyncs a directory, so that a file created or renamed in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    // The parent of a bare file name is the empty path: the current directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let d =
         File::open(dir).map_err(|e| Error::io(format!("open directory {}", dir.display()), e))?;
     d.sync_all()
@@ -433,6 +464,19 @@ mod tests {
         let dev = Device::open(&path).expect("open");
         assert_eq!(dev.superblock(), &sb);
         assert_eq!(sb.slot_count, (64 - 1) / 4 - 0);
+    }
+
+    #[test]
+    fn a_new_image_appears_only_once_formatted() {
+        // A first start killed while formatting leaves at most the temporary image, which the
+        // next start replaces.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dev.img");
+        let tmp = dir.path().join("dev.img.formatting");
+        std::fs::write(&tmp, b"left by a killed first start").expect("leftover");
+        let sb = Device::format(&path, &opts(32 << 20)).expect("format");
+        assert!(!tmp.exists(), "the temporary image is renamed into place");
+        assert_eq!(Device::open(&path).expect("open").superblock(), &sb);
     }
 
     #[test]
