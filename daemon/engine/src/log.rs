@@ -547,6 +547,14 @@ impl Appender {
     /// space use the reserved slots.
     pub fn place(&mut self, record: &[u8], map: &SegmentMap, may_use_reserve: bool) -> Result<u64> {
         let need = record.len() as u64;
+        // Once work that frees space has opened a reserved slot, other work must not fill the
+        // rest of that segment: the reserve would be gone for the next delete. So the reserve is
+        // checked against the slots in use (the open segment included), not only when a segment
+        // is opened. Counted from the map, this also holds after a reopen.
+        let free = map.free_slots().saturating_sub(self.new_segments.len());
+        if !may_use_reserve && free < self.reserve_slots {
+            return Err(Self::full(map, self.reserve_slots));
+        }
         let max_body = (self.seg_size - BLOCK - UNIT_HEADER as u64).min(MAX_UNIT_BODY as u64);
         if need > max_body {
             return Err(Error::TooLarge {
@@ -627,17 +635,7 @@ impl Appender {
             self.reserve_slots
         };
         if free <= reserve {
-            return Err(Error::DeviceFull {
-                detail: format!(
-                    "all {} segments are in use{}: delete data, destroy a PFS or prune history to free space",
-                    map.slot_count(),
-                    if reserve > 0 {
-                        " (the last is kept for deletes)"
-                    } else {
-                        ""
-                    }
-                ),
-            });
+            return Err(Self::full(map, reserve));
         }
         let slot = (0..map.slot_count() as u64)
             .find(|s| map.slot_is_free(*s) && !taken.contains(s))
@@ -656,6 +654,20 @@ impl Appender {
         self.new_segments.push(h);
         self.tail = Some((h, BLOCK));
         Ok(())
+    }
+
+    fn full(map: &SegmentMap, reserve: usize) -> Error {
+        Error::DeviceFull {
+            detail: format!(
+                "all {} segments are in use{}: delete data, destroy a PFS or prune history to free space",
+                map.slot_count(),
+                if reserve > 0 {
+                    " (the last is kept for deletes)"
+                } else {
+                    ""
+                }
+            ),
+        }
     }
 
     /// Takes the assembled units, closing the open one.

@@ -185,7 +185,7 @@ impl Engine {
         let mut out = Vec::new();
         self.open_file(name, path, at)?
             .read_to_end(&mut out)
-            .map_err(|e| Error::io(format!("read `{path}`"), e))?;
+            .map_err(|e| read_error(path, e))?;
         Ok(out)
     }
 
@@ -260,7 +260,11 @@ impl Engine {
     }
 
     fn read_record(&self, lsn: u64) -> Result<Record> {
-        self.inner.shared.stats.records_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .shared
+            .stats
+            .records_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut head = [0u8; RECORD_HEADER];
         self.read_at_lsn(lsn, &mut head)?;
         let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
@@ -293,6 +297,17 @@ impl Engine {
             detail,
         }
     }
+}
+
+/// Turns an error of a [`FileReader`] back into the engine error it carries, so that damage
+/// found while reading stays [`Error::Corruption`] (which callers branch on) rather than
+/// becoming an I/O error.
+fn read_error(path: &EntryPath, e: std::io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        let inner = e.into_inner().expect("get_ref found an inner error");
+        return *inner.downcast::<Error>().expect("is::<Error>() said so");
+    }
+    Error::io(format!("read `{path}`"), e)
 }
 
 /// Streams a file's content chunk by chunk; memory stays at one chunk.
