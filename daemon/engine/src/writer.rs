@@ -240,12 +240,15 @@ impl Writer {
                 .extend(&new_segments);
             self.app.new_segments.clear();
             if need_sync {
-                let (seg, off) = self.app.tail.expect("the log has a segment after a write");
-                let covered = LogPos {
-                    lsn: seg.seq * self.app.seg_size + off,
-                    prev_seq: self.app.last_unit_seq,
-                };
-                writes.insert(schema::COVERED.to_vec(), Some(schema::encode_pos(covered)));
+                // A log that is still empty (a sync, or a close, before the first write) has no
+                // position for the index to cover yet.
+                if let Some((seg, off)) = self.app.tail {
+                    let covered = LogPos {
+                        lsn: seg.seq * self.app.seg_size + off,
+                        prev_seq: self.app.last_unit_seq,
+                    };
+                    writes.insert(schema::COVERED.to_vec(), Some(schema::encode_pos(covered)));
+                }
                 self.index
                     .apply(&writes)
                     .map_err(|e| Error::Poisoned(format!("index update failed: {e}")))?;

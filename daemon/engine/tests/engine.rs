@@ -199,3 +199,16 @@ fn slave_refuses_writes_and_applies_a_change_scan() {
         }
     }
 }
+
+#[test]
+fn sync_and_close_work_before_anything_is_written() {
+    // A fresh device has an empty log: syncing it (as close does) must not stop the writer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(options(dir.path())).expect("open");
+    e.sync().expect("sync an empty log");
+    e.close();
+    assert_eq!(e.failure(), None);
+    let e = Engine::open(options(dir.path())).expect("reopen");
+    e.create_pfs(&name("data"), PfsOptions::default())
+        .expect("create after a sync of the empty log");
+}
