@@ -292,6 +292,45 @@ impl Device {
         write_at(&self.file, &self.path, buf, offset)
     }
 
+    /// Writes `bufs` back to back at `offset` (one `pwritev`, repeated if the kernel takes only
+    /// part), so that a header and a large body need not be copied into one buffer first. Not
+    /// durable until [`Device::sync`].
+    pub fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut done = 0usize;
+        while done < total {
+            // The slices not yet (fully) written.
+            let mut skip = done;
+            let rest: Vec<std::io::IoSlice<'_>> = bufs
+                .iter()
+                .filter_map(|b| {
+                    if skip >= b.len() {
+                        skip -= b.len();
+                        None
+                    } else {
+                        let s = std::io::IoSlice::new(&b[skip..]);
+                        skip = 0;
+                        Some(s)
+                    }
+                })
+                .collect();
+            match rustix::io::pwritev(&self.file, &rest, offset + done as u64) {
+                Ok(0) => {
+                    return Err(write_error(
+                        &self.path,
+                        total,
+                        offset,
+                        std::io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(write_error(&self.path, total, offset, e.into())),
+            }
+        }
+        Ok(())
+    }
+
     /// Makes everything written so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<()> {
         self.file
@@ -406,18 +445,24 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> 
 }
 
 fn write_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
-    file.write_all_at(buf, offset).map_err(|e| {
-        if e.raw_os_error() == Some(libc_enospc()) {
-            Error::DeviceFull {
-                detail: format!(
-                    "the file system holding {} has no space left (the image file is sparse); free space there",
-                    path.display()
-                ),
-            }
-        } else {
-            Error::io(format!("write {} bytes at {offset} to {}", buf.len(), path.display()), e)
+    file.write_all_at(buf, offset)
+        .map_err(|e| write_error(path, buf.len(), offset, e))
+}
+
+fn write_error(path: &Path, len: usize, offset: u64, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc_enospc()) {
+        Error::DeviceFull {
+            detail: format!(
+                "the file system holding {} has no space left (the image file is sparse); free space there",
+                path.display()
+            ),
         }
-    })
+    } else {
+        Error::io(
+            format!("write {len} bytes at {offset} to {}", path.display()),
+            e,
+        )
+    }
 }
 
 const fn libc_enospc() -> i32 {
@@ -513,6 +558,23 @@ mod tests {
         drop(dev);
         let dev = Device::open(&path).expect("primary was rewritten");
         assert_eq!(dev.superblock(), &sb);
+    }
+
+    #[test]
+    fn a_vectored_write_lands_its_pieces_back_to_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dev.img");
+        Device::format(&path, &opts(32 << 20)).expect("format");
+        let dev = Device::open(&path).expect("open");
+        let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let off = DATA_START + 8192;
+        dev.write_vectored_at(&[b"head", &[], &body, &[0u8; 3]], off)
+            .expect("write");
+        let mut back = vec![0xFFu8; 4 + body.len() + 3];
+        dev.read_at(&mut back, off).expect("read");
+        assert_eq!(&back[..4], b"head");
+        assert_eq!(&back[4..4 + body.len()], &body[..]);
+        assert_eq!(&back[4 + body.len()..], &[0u8; 3]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::apply::apply_record;
 use crate::device::{Device, FormatOptions};
 use crate::error::{Error, Result};
-use crate::exec::{Intent, PfsCommand};
+use crate::exec::{IfExists, Intent, PfsCommand};
 use crate::index::{IndexStore, KvRead, MemIndex, Overlay, SledIndex, Writes};
 use crate::log::{self, Appender, LogEnd, LogPos, ScanEvent, SegmentMap};
 use crate::record::{CHUNK_SIZE, Change, Hash, Partial, Record, Role, encode_chunk};
@@ -289,6 +289,7 @@ impl Engine {
             units: Vec::new(),
             new_segments: Vec::new(),
             reserve_slots: opts.reserve_segments,
+            spare_bodies: Vec::new(),
         };
         let map = Arc::new(RwLock::new(map));
         let (tx, rx) = std::sync::mpsc::sync_channel::<Submission>(256);
@@ -676,6 +677,15 @@ pub struct Txn {
     inflight: VecDeque<Receiver<Result<Outcome>>>,
 }
 
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Its TID; `None` when it changed nothing.
+    pub tid: Option<Tid>,
+    /// Entries it created, changed or deleted.
+    pub entries: usize,
+}
+
 /// Chunk bytes a transaction buffers before sending them ahead to the writer.
 const SEND_AHEAD: usize = 8 << 20;
 /// Chunk batches a transaction may have in flight.
@@ -721,14 +731,30 @@ impl Txn {
         self.put_file(path, attrs, &mut &data[..]).map(|_| ())
     }
 
-    /// Adds a directory. With `exist_ok`, an existing directory takes the new attributes.
+    /// Adds a directory. With `exist_ok`, an existing directory takes the new attributes
+    /// (as an import wants); without it, an existing entry fails the commit.
     pub fn mkdir(&mut self, path: &EntryPath, attrs: Attrs, exist_ok: bool) -> Result<()> {
+        let existing = if exist_ok {
+            IfExists::Update
+        } else {
+            IfExists::Fail
+        };
+        self.put_dir(path, attrs, existing)
+    }
+
+    /// Makes sure a directory exists, as `mkdir -p` does: creates it with `attrs` when it is
+    /// missing and leaves an existing one untouched.
+    pub fn ensure_dir(&mut self, path: &EntryPath, attrs: Attrs) -> Result<()> {
+        self.put_dir(path, attrs, IfExists::Keep)
+    }
+
+    fn put_dir(&mut self, path: &EntryPath, attrs: Attrs, existing: IfExists) -> Result<()> {
         check_mode(path, attrs.mode)?;
         self.intents.push(Intent::PutDir {
             path: path.clone(),
             mode: attrs.mode,
             mtime_ns: attrs.mtime_ns,
-            exist_ok,
+            existing,
         });
         Ok(())
     }
@@ -745,20 +771,42 @@ impl Txn {
         Ok(())
     }
 
-    /// Deletes an entry; a non-empty directory only when `recursive`.
+    /// Deletes an entry; a non-empty directory only when `recursive`. A missing entry fails the
+    /// commit.
     pub fn delete(&mut self, path: &EntryPath, recursive: bool) -> Result<()> {
+        self.push_delete(path, recursive, false)
+    }
+
+    /// Deletes an entry if it exists (as an import's deletes do).
+    pub fn delete_if_exists(&mut self, path: &EntryPath, recursive: bool) -> Result<()> {
+        self.push_delete(path, recursive, true)
+    }
+
+    fn push_delete(&mut self, path: &EntryPath, recursive: bool, missing_ok: bool) -> Result<()> {
         self.intents.push(Intent::Delete {
             path: path.clone(),
             recursive,
+            missing_ok,
         });
         Ok(())
     }
 
-    /// Moves an entry (with everything below it).
+    /// Moves an entry (with everything below it). An existing file or symlink at `to` is
+    /// replaced, as POSIX `rename` does; an existing directory fails the commit.
     pub fn rename(&mut self, from: &EntryPath, to: &EntryPath) -> Result<()> {
+        self.push_rename(from, to, true)
+    }
+
+    /// Moves an entry, failing the commit with `AlreadyExists` if anything exists at `to`.
+    pub fn rename_noreplace(&mut self, from: &EntryPath, to: &EntryPath) -> Result<()> {
+        self.push_rename(from, to, false)
+    }
+
+    fn push_rename(&mut self, from: &EntryPath, to: &EntryPath, replace: bool) -> Result<()> {
         self.intents.push(Intent::Rename {
             from: from.clone(),
             to: to.clone(),
+            replace,
         });
         Ok(())
     }
@@ -794,7 +842,12 @@ impl Txn {
 
     /// Validates and commits the transaction durably. Returns its TID, or `None` when it changed
     /// nothing (every entry already as given).
-    pub fn commit(mut self) -> Result<Option<Tid>> {
+    pub fn commit(self) -> Result<Option<Tid>> {
+        self.commit_counted().map(|c| c.tid)
+    }
+
+    /// Like [`Txn::commit`], also saying how many entries the commit changed.
+    pub fn commit_counted(mut self) -> Result<Committed> {
         let work = Work::Commit {
             pfs: std::mem::take(&mut self.pfs),
             intents: std::mem::take(&mut self.intents),
@@ -805,7 +858,7 @@ impl Txn {
             writer::wait(earlier)?;
         }
         match writer::wait(rx)? {
-            Outcome::Committed(tid) => Ok(tid),
+            Outcome::Committed(tid, entries) => Ok(Committed { tid, entries }),
             other => Err(Error::Index(format!("unexpected writer outcome {other:?}"))),
         }
     }

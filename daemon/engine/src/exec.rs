@@ -28,7 +28,7 @@ pub(crate) enum Intent {
         path: EntryPath,
         mode: u32,
         mtime_ns: i64,
-        exist_ok: bool,
+        existing: IfExists,
     },
     Symlink {
         path: EntryPath,
@@ -39,11 +39,24 @@ pub(crate) enum Intent {
     Delete {
         path: EntryPath,
         recursive: bool,
+        missing_ok: bool,
     },
     Rename {
         from: EntryPath,
         to: EntryPath,
+        replace: bool,
     },
+}
+
+/// What creating a directory does when one exists already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfExists {
+    /// Fail with `AlreadyExists` (`mkdir`).
+    Fail,
+    /// Give it the new mode and mtime (import).
+    Update,
+    /// Leave it as it is (`mkdir -p`, parents of a put).
+    Keep,
 }
 
 impl Intent {
@@ -154,7 +167,7 @@ impl TxnView<'_> {
                 path,
                 mode,
                 mtime_ns,
-                exist_ok,
+                existing,
             } => {
                 self.require_parent_dir(path)?;
                 let meta = EntryMeta {
@@ -167,8 +180,8 @@ impl TxnView<'_> {
                 };
                 match self.head(path)? {
                     None => self.set(path.clone(), Some(meta)),
-                    Some(m) if m.kind == EntryKind::Dir && *exist_ok => {
-                        if m != meta {
+                    Some(m) if m.kind == EntryKind::Dir && *existing != IfExists::Fail => {
+                        if m != meta && *existing == IfExists::Update {
                             self.set(path.clone(), Some(meta));
                         }
                     }
@@ -203,14 +216,24 @@ impl TxnView<'_> {
                 };
                 self.set(path.clone(), Some(meta));
             }
-            Intent::Delete { path, recursive } => {
+            Intent::Delete {
+                path,
+                recursive,
+                missing_ok,
+            } => {
                 if path.is_root() {
                     return Err(repl_types::PathError::Root.into());
                 }
-                let meta = self.head(path)?.ok_or_else(|| Error::NotFound {
-                    path: path.clone(),
-                    at: None,
-                })?;
+                let meta = match self.head(path)? {
+                    Some(meta) => meta,
+                    None if *missing_ok => return Ok(()),
+                    None => {
+                        return Err(Error::NotFound {
+                            path: path.clone(),
+                            at: None,
+                        });
+                    }
+                };
                 if meta.kind == EntryKind::Dir {
                     let below = self.descendants(path)?;
                     if !below.is_empty() && !recursive {
@@ -222,7 +245,7 @@ impl TxnView<'_> {
                 }
                 self.set(path.clone(), None);
             }
-            Intent::Rename { from, to } => {
+            Intent::Rename { from, to, replace } => {
                 if from.is_root() || to.is_root() {
                     return Err(repl_types::PathError::Root.into());
                 }
@@ -243,7 +266,7 @@ impl TxnView<'_> {
                     Some(t) if t.kind == EntryKind::Dir => {
                         return Err(Error::AlreadyExists(to.clone()));
                     }
-                    Some(_) if meta.kind == EntryKind::Dir => {
+                    Some(_) if meta.kind == EntryKind::Dir || !replace => {
                         return Err(Error::AlreadyExists(to.clone()));
                     }
                     _ => {}

@@ -37,7 +37,8 @@ mod writer;
 
 pub use device::{Device, FormatOptions, Superblock};
 pub use engine::{
-    ApplyBatch, Attrs, Checkpoint, Engine, EngineOptions, PfsInfo, PfsOptions, SpaceInfo, Txn,
+    ApplyBatch, Attrs, Checkpoint, Committed, Engine, EngineOptions, PfsInfo, PfsOptions,
+    SpaceInfo, Txn,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;

@@ -475,13 +475,14 @@ pub(crate) struct UnitBuf {
 }
 
 impl UnitBuf {
-    /// The bytes to write: segment header (if any), unit header, body, zero padding.
-    pub fn into_bytes(self, volume: &[u8; 16]) -> Vec<u8> {
-        let mut out = self.seg_header.unwrap_or_default();
-        out.extend_from_slice(&self.header.encode(volume));
-        out.extend_from_slice(&self.body);
-        out.resize(align_up(out.len() as u64) as usize, 0);
-        out
+    /// What goes around the body on the device: the bytes before it (segment header, if any, and
+    /// unit header) and the length of the zero padding after it. The three are written with one
+    /// vectored write, so the body (up to [`MAX_UNIT_BODY`] of chunk data) is never copied again.
+    pub fn frame(&self, volume: &[u8; 16]) -> (Vec<u8>, usize) {
+        let mut head = self.seg_header.clone().unwrap_or_default();
+        head.extend_from_slice(&self.header.encode(volume));
+        let len = (head.len() + self.body.len()) as u64;
+        (head, (align_up(len) - len) as usize)
     }
 }
 
@@ -500,7 +501,14 @@ pub(crate) struct Appender {
     pub new_segments: Vec<SegHeader>,
     /// Slots that must stay free for work that frees space (deletes, destroys).
     pub reserve_slots: usize,
+    /// Bodies of written units, kept for reuse: a unit body grows to tens of MiB, and a fresh
+    /// buffer that large is a fresh `mmap` whose every page faults and is zeroed when filled.
+    pub spare_bodies: Vec<Vec<u8>>,
 }
+
+/// Unit bodies kept for reuse (each with room for at most two [`MAX_UNIT_BODY`]s: a body grows
+/// by doubling, so one that holds a full unit may have up to twice that).
+const MAX_SPARE_BODIES: usize = 2;
 
 /// A saved state of the appender, to undo one submission's records.
 pub(crate) struct Mark {
@@ -610,8 +618,16 @@ impl Appender {
                 count: 0,
                 durable_before: self.durable_seq,
             },
-            body: Vec::new(),
+            body: self.spare_bodies.pop().unwrap_or_default(),
         });
+    }
+
+    /// Takes back the body of a written unit, to be reused by a later unit.
+    pub fn recycle(&mut self, mut body: Vec<u8>) {
+        if self.spare_bodies.len() < MAX_SPARE_BODIES && body.capacity() <= 2 * MAX_UNIT_BODY {
+            body.clear();
+            self.spare_bodies.push(body);
+        }
     }
 
     /// Ends the open unit: the tail moves past it, 4 KiB aligned.

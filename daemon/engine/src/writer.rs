@@ -78,8 +78,12 @@ impl Work {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Written,
-    Committed(Option<Tid>),
-    Applied { head: Tid, partial: Option<Partial> },
+    /// The commit's TID (none when it changed nothing) and how many entries it changed.
+    Committed(Option<Tid>, usize),
+    Applied {
+        head: Tid,
+        partial: Option<Partial>,
+    },
     Pfs,
 }
 
@@ -217,7 +221,7 @@ impl Writer {
                     let writes = child.writes;
                     layer.writes.extend(writes);
                     need_sync |= sub.work.needs_sync();
-                    if matches!(outcome, Outcome::Committed(Some(_))) {
+                    if matches!(outcome, Outcome::Committed(Some(_), _)) {
                         commits += 1;
                     }
                     results.push(Ok(outcome));
@@ -304,11 +308,13 @@ impl Writer {
     fn write_units(&mut self, sync: bool) -> Result<u64> {
         let units = self.app.take_units();
         let mut bytes = 0u64;
+        let zeros = [0u8; crate::device::BLOCK as usize];
         for u in units {
-            let off = u.device_offset;
-            let buf = u.into_bytes(&self.app.volume);
-            self.dev.write_at(&buf, off)?;
-            bytes += buf.len() as u64;
+            let (head, pad) = u.frame(&self.app.volume);
+            self.dev
+                .write_vectored_at(&[&head, &u.body, &zeros[..pad]], u.device_offset)?;
+            bytes += (head.len() + u.body.len() + pad) as u64;
+            self.app.recycle(u.body);
         }
         let stats = &self.shared.stats;
         stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
@@ -391,14 +397,14 @@ fn execute(
             }
             let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
             match exec::commit(ov, &p, intents, Tid::now())? {
-                None => Ok(Outcome::Committed(None)),
+                None => Ok(Outcome::Committed(None, 0)),
                 Some(rec) => {
                     place(app, map, ov, &rec, frees)?;
                     let Record::Commit { change, .. } = &rec else {
                         unreachable!("exec::commit makes commits")
                     };
                     notify.push((p.id, change.tid));
-                    Ok(Outcome::Committed(Some(change.tid)))
+                    Ok(Outcome::Committed(Some(change.tid), change.ops.len()))
                 }
             }
         }
