@@ -225,6 +225,19 @@ impl Device {
             .write(true)
             .open(path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        // One owner per device: a second engine (or an fsck) on a device in use would corrupt
+        // it. The kernel drops the lock when the process dies, however it dies.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                if e == rustix::io::Errno::WOULDBLOCK {
+                    Error::DeviceBusy {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    Error::io(format!("lock {}", path.display()), e.into())
+                }
+            },
+        )?;
         let size = device_size(&file, path)?;
         let mut block = vec![0u8; BLOCK as usize];
         read_at(&file, path, &mut block, 0)?;
@@ -329,6 +342,14 @@ impl Device {
             }
         }
         Ok(())
+    }
+
+    /// Releases the device to other processes (the engine does this once its writer has
+    /// stopped).
+    pub fn unlock(&self) {
+        if let Err(e) = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock) {
+            tracing::warn!(device = %self.path.display(), error = %e, "unlocking the device failed");
+        }
     }
 
     /// Makes everything written so far durable (`fdatasync`).

@@ -207,14 +207,16 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        if let Some(h) = self
+        let writer = self
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            && h.join().is_err()
-        {
-            tracing::error!("the storage writer thread panicked");
+            .take();
+        if let Some(h) = writer {
+            if h.join().is_err() {
+                tracing::error!("the storage writer thread panicked");
+            }
+            self.dev.unlock();
         }
     }
 
@@ -624,7 +626,7 @@ fn replay_from(
     });
     let mut ov = Overlay::new(index, Writes::new());
     let mut records = 0u64;
-    let end = log::scan(dev, map, start, known_durable, |ev| {
+    let end = log::scan(dev, map, start, known_durable, u64::MAX, |ev| {
         match ev {
             ScanEvent::Record(lsn, f) => {
                 let rec = Record::decode(f.kind, f.payload).map_err(|e| {

@@ -26,6 +26,12 @@ pub enum Error {
         /// Why neither superblock copy was accepted.
         detail: String,
     },
+    /// Another process has the device open.
+    #[error("{} is in use by another repld process (or `repld fsck`): stop it first", path.display())]
+    DeviceBusy {
+        /// The device.
+        path: PathBuf,
+    },
     /// `format` found another file system or data on the device.
     #[error("{} carries a {signature} signature: refusing to format it (pass --force to overwrite it)", path.display())]
     ForeignSignature {
@@ -199,7 +205,7 @@ impl Error {
             | Error::ForeignSignature { .. } => FailedPrecondition,
             Error::DeviceFull { .. } | Error::TooLarge { .. } => ResourceExhausted,
             Error::Corruption { .. } => DataLoss,
-            Error::ShuttingDown => Unavailable,
+            Error::ShuttingDown | Error::DeviceBusy { .. } => Unavailable,
             Error::Io { .. } | Error::Index(_) | Error::Poisoned(_) => Internal,
         }
     }

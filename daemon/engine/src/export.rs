@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 
-use repl_types::{PfsName, Tid};
+use repl_types::{EntryPath, PfsName, Tid};
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -18,9 +18,21 @@ use crate::record::EntryKind;
 impl Engine {
     /// Writes the PFS as it stands at `at` to `out` as a tar stream. Returns the TID exported.
     pub fn export_tar(&self, name: &PfsName, at: &At, out: impl Write) -> Result<Tid> {
+        self.export_tar_under(name, at, &EntryPath::root(), out)
+    }
+
+    /// Writes the entries below directory `dir` (with paths relative to the PFS root) as a tar
+    /// stream.
+    pub fn export_tar_under(
+        &self,
+        name: &PfsName,
+        at: &At,
+        dir: &EntryPath,
+        out: impl Write,
+    ) -> Result<Tid> {
         let mut b = tar::Builder::new(out);
         b.mode(tar::HeaderMode::Deterministic);
-        let tid = self.walk(name, at, |e| append(self, name, e, &mut b))?;
+        let tid = self.walk_under(name, at, dir, |e| append(self, name, e, &mut b))?;
         b.into_inner()
             .and_then(|mut w| w.flush())
             .map_err(|e| Error::io("finish the tar stream", e))?;

@@ -42,7 +42,7 @@ pub use engine::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;
-pub use read::{At, Entry, FileReader};
+pub use read::{At, Entry, FileReader, PfsStats};
 pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
 pub use repl_types::{EntryPath, PfsName, Tid};
 pub use writer::Stats;

@@ -326,6 +326,9 @@ pub(crate) enum ScanEvent<'s, 'b> {
 
 /// Calls `visit` for every record from `start` to the end of the log, in order.
 ///
+/// The scan stops at the first unit at or after `until` (`u64::MAX` to read to the end), for
+/// checks of a log that is being written.
+///
 /// `known_durable` is an LSN below which the log is known to have been durable (the position an
 /// index covered): a failing unit below it is corruption even when nothing valid follows it.
 pub(crate) fn scan(
@@ -333,6 +336,7 @@ pub(crate) fn scan(
     map: &SegmentMap,
     start: LogPos,
     known_durable: u64,
+    until: u64,
     mut visit: impl FnMut(ScanEvent<'_, '_>) -> Result<()>,
 ) -> Result<LogEnd> {
     let sb = dev.superblock();
@@ -359,6 +363,18 @@ pub(crate) fn scan(
         let h = map.by_seq[&seq];
         let mut r = SegReader::new(dev, sb, h.slot);
         let reject = loop {
+            if seq * seg + off >= until {
+                let tail = LogPos {
+                    lsn: seq * seg + off,
+                    prev_seq: prev,
+                };
+                return Ok(LogEnd {
+                    tail: Some(tail),
+                    max_seen_seq: prev,
+                    stale_segments: Vec::new(),
+                    torn: None,
+                });
+            }
             match read_unit(&mut r, seq, off, prev, &volume)? {
                 Ok((uh, body)) => {
                     let mut at = 0usize;

@@ -24,6 +24,23 @@ pub enum At {
     Snapshot(String),
 }
 
+/// Counts of a PFS, from [`Engine::pfs_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PfsStats {
+    /// Live files at the head.
+    pub files: u64,
+    /// Live directories at the head (not counting the root).
+    pub dirs: u64,
+    /// Live symlinks at the head.
+    pub symlinks: u64,
+    /// Content bytes of the live files.
+    pub bytes: u64,
+    /// Versions stored, live or historical.
+    pub versions: u64,
+    /// Named snapshots.
+    pub snapshots: u64,
+}
+
 /// One version of an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -131,10 +148,25 @@ impl Engine {
         &self,
         name: &PfsName,
         at: &At,
+        f: impl FnMut(&Entry) -> Result<()>,
+    ) -> Result<Tid> {
+        self.walk_under(name, at, &EntryPath::root(), f)
+    }
+
+    /// Like [`Engine::walk`], for the entries below directory `dir` only (`dir` itself is not
+    /// visited).
+    pub fn walk_under(
+        &self,
+        name: &PfsName,
+        at: &At,
+        dir: &EntryPath,
         mut f: impl FnMut(&Entry) -> Result<()>,
     ) -> Result<Tid> {
         let (p, tid) = self.resolve(name, at)?;
-        let mut stack = vec![self.children(&p, &EntryPath::root(), tid)?.into_iter()];
+        if self.stat_in(&p, dir, tid)?.kind() != EntryKind::Dir {
+            return Err(Error::NotADirectory(dir.clone()));
+        }
+        let mut stack = vec![self.children(&p, dir, tid)?.into_iter()];
         while let Some(level) = stack.last_mut() {
             match level.next() {
                 None => {
@@ -150,6 +182,34 @@ impl Engine {
             }
         }
         Ok(tid)
+    }
+
+    /// Counts of a PFS: live entries and bytes at the head, and versions stored. Walks the whole
+    /// PFS: for status displays, not for hot paths.
+    pub fn pfs_stats(&self, name: &PfsName) -> Result<PfsStats> {
+        let mut st = PfsStats::default();
+        self.walk(name, &At::Head, |e| {
+            match e.kind() {
+                EntryKind::File => {
+                    st.files += 1;
+                    st.bytes += e.meta.size;
+                }
+                EntryKind::Dir => st.dirs += 1,
+                EntryKind::Symlink => st.symlinks += 1,
+            }
+            Ok(())
+        })?;
+        let p = self.record(name)?;
+        let (mut from, end) = schema::pfs_space_range(b'V', p.id);
+        loop {
+            let page = self.kv().range(&from, &end, 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            st.versions += page.len() as u64;
+            from = last.clone();
+            from.push(0);
+        }
+        st.snapshots = schema::snapshots(self.kv(), p.id)?.len() as u64;
+        Ok(st)
     }
 
     /// Every version of `path` that history keeps, oldest first.

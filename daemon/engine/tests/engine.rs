@@ -212,3 +212,19 @@ fn sync_and_close_work_before_anything_is_written() {
     e.create_pfs(&name("data"), PfsOptions::default())
         .expect("create after a sync of the empty log");
 }
+
+#[test]
+fn a_device_has_one_owner_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Engine::open(options(dir.path())).expect("open");
+    assert!(matches!(
+        Engine::open(options(dir.path())),
+        Err(Error::DeviceBusy { .. })
+    ));
+    assert!(matches!(
+        repld_engine::fsck::check(&dir.path().join("dev.img")),
+        Err(Error::DeviceBusy { .. })
+    ));
+    e.close();
+    Engine::open(options(dir.path())).expect("free again after close");
+}
