@@ -279,10 +279,8 @@ impl Engine {
             volume: sb.volume_uuid,
             seg_size: sb.segment_size,
             tail: end.tail.map(|t| {
-                (
-                    map.by_seq[&(t.lsn / sb.segment_size)],
-                    t.lsn % sb.segment_size,
-                )
+                let (seq, off) = t.split(sb.segment_size);
+                (map.by_seq[&seq], off)
             }),
             next_unit_seq: end.max_seen_seq + 1,
             next_seg_seq,

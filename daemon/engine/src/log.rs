@@ -222,6 +222,18 @@ pub(crate) struct LogEnd {
     pub torn: Option<(u64, String)>,
 }
 
+impl LogPos {
+    /// The segment seq and the offset in it. The end of a full segment, `seq * segment_size +
+    /// segment_size`, is also the start of segment `seq + 1` (its header, never a unit): it is
+    /// taken as the end of segment `seq`, which may have no successor yet.
+    pub fn split(self, seg_size: u64) -> (u64, u64) {
+        match (self.lsn / seg_size, self.lsn % seg_size) {
+            (seq, 0) if seq > 0 => (seq - 1, seg_size),
+            at => at,
+        }
+    }
+}
+
 /// The first position of the log, or `None` for an empty log.
 pub(crate) fn log_start(map: &SegmentMap) -> Option<LogPos> {
     map.by_seq.values().next().map(|h| LogPos {
@@ -342,8 +354,7 @@ pub(crate) fn scan(
     let sb = dev.superblock();
     let volume = sb.volume_uuid;
     let seg = sb.segment_size;
-    let mut seq = start.lsn / seg;
-    let mut off = start.lsn % seg;
+    let (mut seq, mut off) = start.split(seg);
     let mut prev = start.prev_seq;
     if !map.by_seq.contains_key(&seq) {
         if map.by_seq.is_empty() && start.lsn == 0 {

@@ -228,3 +228,90 @@ fn a_device_has_one_owner_at_a_time() {
     e.close();
     Engine::open(options(dir.path())).expect("free again after close");
 }
+
+/// Copies a directory tree (the sled index), to put an older index back later.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).expect("copy a file");
+        }
+    }
+}
+
+#[test]
+fn a_log_that_ends_exactly_at_a_segment_end_reopens_and_continues() {
+    // A flush unit may end in the last block of its segment: the log then ends at the segment's
+    // end, the same LSN as the next segment's start. Recovery, the writer and an index that
+    // covers exactly that position must all take it as the end of the full segment.
+    let data = name("data");
+    let mut hits = 0;
+    // Three 1 MiB files fill a 4 MiB segment to about 3 MiB + 20 KiB; the fourth file's size
+    // walks the end of its unit across the segment's last block.
+    for size in (0..48u64).map(|k| (1004 << 10) - k * 512) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = options(dir.path());
+        let e = Engine::open(o.clone()).expect("open");
+        e.create_pfs(&data, PfsOptions::default()).expect("create");
+        let contents: Vec<(String, Vec<u8>)> = (0..4u8)
+            .map(|i| {
+                let len = if i < 3 { 1 << 20 } else { size as usize };
+                (format!("f{i}"), vec![i + 1; len])
+            })
+            .collect();
+        for (path, bytes) in &contents {
+            let mut tx = e.begin(&data).expect("begin");
+            tx.put_bytes(&p(path), attrs(), bytes).expect("put");
+            tx.commit().expect("commit");
+        }
+        let one_segment = e.space().segments_used == 1;
+        let sb = e.superblock().clone();
+        e.close();
+        drop(e);
+        let mut last_block = vec![0u8; 4096];
+        {
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(dir.path().join("dev.img"))
+                .expect("open the image")
+                .read_exact_at(&mut last_block, sb.slot_offset(0) + sb.segment_size - 4096)
+                .expect("read the segment's last block");
+        }
+        if !one_segment || last_block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        hits += 1;
+        // The index now covers exactly the end of the full segment. Keep a copy of it.
+        copy_dir(&dir.path().join("index"), &dir.path().join("index-then"));
+        let e = Engine::open(o.clone()).expect("reopen at a segment end");
+        let mut tx = e.begin(&data).expect("begin");
+        tx.put_bytes(&p("after"), attrs(), b"in the next segment")
+            .expect("put");
+        tx.commit().expect("commit after the segment end");
+        e.close();
+        drop(e);
+        // An index that lags the log (as sled may after a kill) replays from that position.
+        std::fs::remove_dir_all(dir.path().join("index")).expect("remove the index");
+        std::fs::rename(dir.path().join("index-then"), dir.path().join("index"))
+            .expect("put the older index back");
+        let e = Engine::open(o).expect("reopen with the older index");
+        for (path, bytes) in &contents {
+            assert_eq!(
+                &e.read_file(&data, &p(path), &At::Head).expect("read"),
+                bytes
+            );
+        }
+        assert_eq!(
+            e.read_file(&data, &p("after"), &At::Head)
+                .expect("the commit in the next segment is replayed"),
+            b"in the next segment"
+        );
+        if hits == 2 {
+            break;
+        }
+    }
+    assert!(hits > 0, "no size made a unit end at the segment's end");
+}
