@@ -162,20 +162,14 @@ pub fn check_config(args: &ConfigArgs) -> ExitCode {
 }
 
 /// `repld format`.
-// TODO(engine): wire to the storage engine's format (create the image with `size` if missing,
-// refuse another signature unless `force`), then remove this error.
 pub fn format(args: &FormatArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "repld format {}: not yet wired to the engine",
-        args.device.display()
-    )
+    crate::node::format(&args.device, args.force, args.size.map(|s| s.bytes()))
 }
 
 /// `repld fsck`.
-// TODO(engine): wire to the storage engine's check and index rebuild, then remove this error.
 pub fn fsck(args: &FsckArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("repld fsck: not yet wired to the engine")
+    let config = load_config(&args.config)?;
+    crate::node::fsck(&config, args.rebuild_index)
 }
 
 #[cfg(test)]
@@ -240,13 +234,22 @@ mod tests {
     }
 
     #[test]
-    fn format_and_fsck_say_they_are_not_wired_yet() {
-        let e = format(&FormatArgs {
-            device: PathBuf::from("/tmp/x.img"),
+    fn format_creates_an_image_then_refuses_to_overwrite_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = dir.path().join("x.img");
+        let args = FormatArgs {
+            device: device.clone(),
             force: false,
-            size: None,
+            size: Some("64MiB".parse().expect("size")),
+        };
+        format(&args).expect("format a new image");
+        assert_eq!(std::fs::metadata(&device).expect("image").len(), 64 << 20);
+        let e = format(&args).expect_err("a repld device is not overwritten without --force");
+        assert!(e.to_string().contains("--force"), "{e}");
+        format(&FormatArgs {
+            force: true,
+            ..args
         })
-        .expect_err("todo");
-        assert!(e.to_string().contains("not yet wired to the engine"));
+        .expect("forced format");
     }
 }

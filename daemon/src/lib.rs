@@ -15,14 +15,19 @@
 //! - [`systemd`]: `READY=1`, `STOPPING=1`, watchdog pings.
 //! - [`signals`]: SIGTERM and SIGINT.
 //!
-//! Plugging the engine in happens in [`run`]: open it, register its services on [`Services`]
-//! (one line each), register its flush/close with [`Daemon::on_shutdown`] and long-lived work
-//! (the replication supervisor) with [`Daemon::add_essential`].
+//! - [`node`]: opening the storage engine from the config; `repld format` and `repld fsck`.
+//! - [`service`]: the Storage and Admin gRPC services over the engine.
+//!
+//! [`run`] opens the engine, registers its services on [`Services`] (one line each), and closes
+//! the engine with [`Daemon::on_shutdown`] once the servers have drained; long-lived work (the
+//! replication supervisor) goes in with [`Daemon::add_essential`].
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod node;
 pub mod server;
+pub mod service;
 pub mod signals;
 pub mod supervisor;
 pub mod systemd;
@@ -38,24 +43,31 @@ pub use tokio_util::sync::CancellationToken;
 /// Returns an error if start-up fails (with the setting at fault named), if an essential task
 /// dies, or if flushing fails; the caller exits non-zero then.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use repl_proto::pb::{admin_server::AdminServer, storage_server::StorageServer};
+
+    let engine = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || node::open_engine(&config)).await??
+    };
+    let device = node::device(&config)?.path.clone();
     let mut services = Services::new(&config.limits);
     // Reflection describes the repld services (and health, which Services always registers).
     services.add_file_descriptor_set(repl_proto::FILE_DESCRIPTOR_SET);
-
-    // ENGINE HOOK: open the engine (blocking work in spawn_blocking) and register its services,
-    // one line each, with the message size limit:
-    //     let engine = Engine::open(&config).await?;
-    //     let limit = services.max_message_bytes();
-    //     services.add_admin_service(with_message_limits!(StorageServer::new(StorageSvc::new(engine.clone())), limit));
-    //     services.add_admin_service(with_message_limits!(AdminServer::new(AdminSvc::new(engine.clone())), limit));
-    //     services.add_peer_service(with_message_limits!(ReplicationServer::new(ReplSvc::new(engine.clone())), limit));
-    //     services.long_running("/repld.v1.Replication/");
-    //     services.long_running("/repld.v1.Storage/Import");
-    let daemon = Daemon::bind(config, services).await?;
-
-    // ENGINE HOOK: after the servers have drained, flush and close the engine (make `daemon` mut):
-    //     daemon.on_shutdown("engine", async move { engine.close().await });
-    // and supervise the replication tasks:
-    //     daemon.add_essential("replication", move |token| supervisor.run(token));
+    let limit = services.max_message_bytes();
+    let storage = service::StorageService::new(engine.clone(), shutdown.clone());
+    let admin = service::AdminService::new(engine.clone(), config.node_name.clone(), device);
+    services.add_admin_service(with_message_limits!(StorageServer::new(storage), limit));
+    services.add_admin_service(with_message_limits!(AdminServer::new(admin), limit));
+    services.long_running("/repld.v1.Storage/Import");
+    services.long_running("/repld.v1.Storage/Put");
+    services.long_running("/repld.v1.Storage/Export");
+    services.long_running("/repld.v1.Storage/Get");
+    let mut daemon = Daemon::bind(config, services).await?;
+    // After the servers have drained: make everything durable and release the device.
+    daemon.on_shutdown("engine", async move {
+        tokio::task::spawn_blocking(move || engine.close())
+            .await
+            .map_err(|e| anyhow::anyhow!("closing the engine failed: {e}"))
+    });
     daemon.run(shutdown).await
 }

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const BLOCK: u64 = 4096;
 /// Where segment slot 0 starts.
 pub const DATA_START: u64 = 1 << 20;
-/// The default segment size.
+/// The largest segment size `format` picks by itself (see [`auto_segment_size`]).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// The smallest segment size `format` accepts.
 pub const MIN_SEGMENT_SIZE: u64 = 4 << 20;
@@ -178,7 +178,7 @@ impl Device {
                 signature: sig,
             });
         }
-        let segment_size = opts.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+        let segment_size = opts.segment_size.unwrap_or_else(|| auto_segment_size(size));
         if segment_size < MIN_SEGMENT_SIZE || segment_size % BLOCK != 0 {
             return Err(Error::Invalid(format!(
                 "segment size {segment_size} must be a multiple of 4096 and at least {MIN_SEGMENT_SIZE}"
@@ -358,6 +358,13 @@ impl Device {
             .sync_data()
             .map_err(|e| Error::io(format!("fdatasync {}", self.path.display()), e))
     }
+}
+
+/// The segment size for a device when none is given: a 32nd of the device in whole MiB, between
+/// [`MIN_SEGMENT_SIZE`] and [`DEFAULT_SEGMENT_SIZE`], so that small images get enough segments
+/// and large devices get the default.
+pub fn auto_segment_size(device_size: u64) -> u64 {
+    ((device_size / 32) >> 20 << 20).clamp(MIN_SEGMENT_SIZE, DEFAULT_SEGMENT_SIZE)
 }
 
 fn open_or_create(path: &Path, create_size: Option<u64>) -> Result<File> {

@@ -1,0 +1,214 @@
+//! The Admin service: node information, PFS lifecycle, snapshots, and the online fsck.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use repl_proto::{
+    PfsCreateRequest, PfsDestroyRequest, PfsRole, SnapshotCreateRequest, SnapshotDeleteRequest, pb,
+};
+use repld_engine::{Engine, PfsInfo, PfsName, PfsOptions, Role};
+use tonic::{Request, Response, Status};
+
+use super::blocking;
+
+/// The Admin service over one engine.
+#[derive(Clone)]
+pub struct AdminService {
+    engine: Engine,
+    node_name: String,
+    device: PathBuf,
+    started: Instant,
+}
+
+impl AdminService {
+    /// Serves `engine`, which owns `device`, as node `node_name`.
+    pub fn new(engine: Engine, node_name: String, device: PathBuf) -> AdminService {
+        AdminService {
+            engine,
+            node_name,
+            device,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The wire form of a PFS.
+pub(crate) fn pfs_info(p: &PfsInfo) -> pb::PfsInfo {
+    repl_proto::PfsInfo {
+        name: p.name.clone(),
+        role: match p.role {
+            Role::Master => PfsRole::Master,
+            Role::Slave => PfsRole::Slave,
+        },
+        nohistory: p.nohistory,
+        shared_uuid: uuid::Uuid::from_bytes(p.shared_uuid),
+        head_tid: (p.head != repld_engine::Tid::ZERO).then_some(p.head),
+        created_tid: p.created,
+    }
+    .into()
+}
+
+fn pfs_name(field: &'static str, name: String) -> Result<PfsName, Status> {
+    PfsName::new(name).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn node_info(
+        &self,
+        _: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        let space = self.engine.space();
+        let sb = self.engine.superblock();
+        let info = repl_proto::NodeInfo {
+            node_name: self.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            devices: vec![repl_proto::DeviceInfo {
+                path: self.device.display().to_string(),
+                volume_uuid: uuid::Uuid::from_bytes(sb.volume_uuid),
+                size_bytes: space.device_bytes,
+                used_bytes: space.used_bytes(),
+                free_bytes: space.free_bytes(),
+            }],
+            uptime: self.started.elapsed(),
+        };
+        Ok(Response::new(info.into()))
+    }
+
+    async fn pfs_create(
+        &self,
+        req: Request<pb::PfsCreateRequest>,
+    ) -> Result<Response<pb::PfsCreateResponse>, Status> {
+        let r = PfsCreateRequest::try_from(req.into_inner())?;
+        let engine = self.engine.clone();
+        let opts = PfsOptions {
+            role: match r.role {
+                PfsRole::Master => Role::Master,
+                PfsRole::Slave => Role::Slave,
+            },
+            nohistory: r.nohistory,
+            shared_uuid: r.shared_uuid.map(|u| *u.as_bytes()),
+        };
+        let p = blocking(move || engine.create_pfs(&r.name, opts)).await?;
+        tracing::info!(pfs = %p.name, role = ?p.role, "created a PFS");
+        Ok(Response::new(pb::PfsCreateResponse {
+            pfs: Some(pfs_info(&p)),
+        }))
+    }
+
+    async fn pfs_list(
+        &self,
+        _: Request<pb::PfsListRequest>,
+    ) -> Result<Response<pb::PfsListResponse>, Status> {
+        let engine = self.engine.clone();
+        let all = blocking(move || engine.list_pfs()).await?;
+        Ok(Response::new(pb::PfsListResponse {
+            pfses: all.iter().map(pfs_info).collect(),
+        }))
+    }
+
+    async fn pfs_status(
+        &self,
+        req: Request<pb::PfsStatusRequest>,
+    ) -> Result<Response<pb::PfsStatusResponse>, Status> {
+        let name = pfs_name("PfsStatusRequest.name", req.into_inner().name)?;
+        let engine = self.engine.clone();
+        let (p, st) = blocking(move || Ok((engine.pfs(&name)?, engine.pfs_stats(&name)?))).await?;
+        Ok(Response::new(pb::PfsStatusResponse {
+            pfs: Some(pfs_info(&p)),
+            files: st.files,
+            dirs: st.dirs,
+            symlinks: st.symlinks,
+            logical_bytes: st.bytes,
+            versions: st.versions,
+            snapshots: st.snapshots,
+            oldest_tid: p.history_floor.max(p.created).get(),
+        }))
+    }
+
+    async fn pfs_destroy(
+        &self,
+        req: Request<pb::PfsDestroyRequest>,
+    ) -> Result<Response<pb::PfsDestroyResponse>, Status> {
+        let r = PfsDestroyRequest::try_from(req.into_inner())?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            let snapshots = engine.snapshot_list(&r.name)?;
+            if !snapshots.is_empty() && !r.force {
+                return Err(repld_engine::Error::Invalid(format!(
+                    "PFS `{}` has {} snapshot(s); delete them or pass --force to destroy it with its history",
+                    r.name,
+                    snapshots.len()
+                )));
+            }
+            engine.destroy_pfs(&r.name)
+        })
+        .await?;
+        Ok(Response::new(pb::PfsDestroyResponse {}))
+    }
+
+    async fn snapshot_create(
+        &self,
+        req: Request<pb::SnapshotCreateRequest>,
+    ) -> Result<Response<pb::SnapshotCreateResponse>, Status> {
+        let r = SnapshotCreateRequest::try_from(req.into_inner())?;
+        let engine = self.engine.clone();
+        let name = String::from(r.name.clone());
+        let tid = blocking(move || engine.snapshot_create(&r.pfs, &name, r.tid)).await?;
+        let snapshot = repl_proto::Snapshot { name: r.name, tid };
+        Ok(Response::new(pb::SnapshotCreateResponse {
+            snapshot: Some(snapshot.into()),
+        }))
+    }
+
+    async fn snapshot_list(
+        &self,
+        req: Request<pb::SnapshotListRequest>,
+    ) -> Result<Response<pb::SnapshotListResponse>, Status> {
+        let name = pfs_name("SnapshotListRequest.pfs", req.into_inner().pfs)?;
+        let engine = self.engine.clone();
+        let mut snaps = blocking(move || engine.snapshot_list(&name)).await?;
+        snaps.sort_by_key(|(n, t)| (*t, n.clone()));
+        let snapshots = snaps
+            .into_iter()
+            .map(|(name, tid)| pb::Snapshot {
+                name,
+                tid: tid.get(),
+            })
+            .collect();
+        Ok(Response::new(pb::SnapshotListResponse { snapshots }))
+    }
+
+    async fn snapshot_delete(
+        &self,
+        req: Request<pb::SnapshotDeleteRequest>,
+    ) -> Result<Response<pb::SnapshotDeleteResponse>, Status> {
+        let r = SnapshotDeleteRequest::try_from(req.into_inner())?;
+        let engine = self.engine.clone();
+        blocking(move || engine.snapshot_delete(&r.pfs, &String::from(r.name))).await?;
+        Ok(Response::new(pb::SnapshotDeleteResponse {}))
+    }
+
+    async fn fsck(
+        &self,
+        req: Request<pb::FsckRequest>,
+    ) -> Result<Response<pb::FsckResponse>, Status> {
+        let deep = req.into_inner().deep;
+        let engine = self.engine.clone();
+        let r = blocking(move || engine.check_log(deep)).await?;
+        let problems = r
+            .problems
+            .iter()
+            .map(|p| pb::FsckProblem {
+                location: self.device.display().to_string(),
+                message: p.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::FsckResponse {
+            clean: r.is_clean(),
+            records_checked: r.total_records() + r.chunks_verified,
+            bytes_checked: r.payload_bytes,
+            problems,
+        }))
+    }
+}
