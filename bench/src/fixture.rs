@@ -148,34 +148,60 @@ pub fn warm_page_cache(dir: &Path, bytes: u64) -> Result<()> {
     std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))
 }
 
-/// CPU time the calling thread has used so far.
-pub fn thread_cpu_time() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+/// Scheduler accounting of threads: CPU time used and time spent runnable but waiting for a
+/// CPU (other work on the machine), from `/proc/.../schedstat`, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sched {
+    /// Seconds on a CPU.
+    pub cpu: f64,
+    /// Seconds runnable but waiting for a CPU.
+    pub wait: f64,
 }
 
-/// CPU seconds used so far by this process's threads named `name` (e.g. the engine's
-/// `repld-writer`), from `/proc/self/task/*/stat`, in clock ticks of 10 ms.
-pub fn named_threads_cpu_secs(name: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return f64::NAN;
-    };
-    let mut ticks = 0u64;
-    for t in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ... utime stime: fields 14 and 15, counted after the comm.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if &stat[open + 1..close] != name {
-            continue;
+impl Sched {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Sched) -> Sched {
+        Sched {
+            cpu: self.cpu - earlier.cpu,
+            wait: self.wait - earlier.wait,
         }
-        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        ticks += field(11) + field(12);
     }
-    // USER_HZ is 100 on every Linux architecture this runs on.
-    ticks as f64 / 100.0
+
+    fn parse(s: &str) -> Option<Sched> {
+        let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+        Some(Sched {
+            cpu: f.next()?? as f64 / 1e9,
+            wait: f.next()?? as f64 / 1e9,
+        })
+    }
+
+    /// The calling thread's, or zeros where schedstat is not available.
+    pub fn this_thread() -> Sched {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| Sched::parse(&s))
+            .unwrap_or_default()
+    }
+
+    /// The sum over this process's threads named `name` (e.g. the engine's `repld-writer`).
+    pub fn threads_named(name: &str) -> Sched {
+        let mut sum = Sched::default();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return sum;
+        };
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            if let Some(s) = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| Sched::parse(&s))
+            {
+                sum.cpu += s.cpu;
+                sum.wait += s.wait;
+            }
+        }
+        sum
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 
 use crate::data::{BLOCK, Incompressible};
-use crate::fixture::{self, Counters, mib_per_s};
+use crate::fixture::{self, Counters, Sched, mib_per_s};
 use crate::scenario::{Ctx, Figure, Scenario, Target};
 
 /// The target for engine / plain.
@@ -81,18 +81,21 @@ impl Scenario for LargeWrite {
             Figure::new("engine: CPU time (all threads)", engine.cpu_secs, "s"),
             Figure::new(
                 "engine: CPU time, calling thread",
-                engine.threads.map_or(f64::NAN, |t| t.0),
+                engine.threads[0].cpu,
                 "s",
             )
             .note("reads the data, hashes (BLAKE3) and frames the chunks"),
+            Figure::new("engine: CPU time, writer thread", engine.threads[1].cpu, "s")
+                .note("checks and places chunks in flush units, writes them, fdatasync"),
             Figure::new(
-                "engine: CPU time, writer thread",
-                engine.threads.map_or(f64::NAN, |t| t.1),
+                "engine: waiting for a CPU, both threads",
+                engine.threads[0].wait + engine.threads[1].wait,
                 "s",
             )
-            .note("checks and places chunks in flush units, writes them, fdatasync"),
+            .note("runnable but not running: other work on the machine (schedstat run delay)"),
             Figure::new("plain: wall time", plain.secs, "s"),
             Figure::new("plain: CPU time", plain.cpu_secs, "s"),
+            Figure::new("plain: waiting for a CPU", plain.threads[0].wait, "s"),
             Figure::new(
                 "engine: log bytes / data bytes",
                 engine.counters.bytes_written as f64 / size as f64,
@@ -106,8 +109,8 @@ struct Side {
     secs: f64,
     /// CPU seconds of the whole process (all threads) during the side.
     cpu_secs: f64,
-    /// The engine's CPU seconds in the calling thread and in its writer thread.
-    threads: Option<(f64, f64)>,
+    /// Scheduler accounting of the calling thread and (for the engine) its writer thread.
+    threads: [Sched; 2],
     counters: Counters,
 }
 
@@ -119,8 +122,8 @@ fn engine_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
     fixture::sync_fs(dir.path())?;
     let before = Counters::read(engine.stats());
     let cpu = fixture::cpu_time();
-    let caller_cpu = fixture::thread_cpu_time();
-    let writer_cpu = fixture::named_threads_cpu_secs(WRITER_THREAD);
+    let caller = Sched::this_thread();
+    let writer = Sched::threads_named(WRITER_THREAD);
     let t = Instant::now();
     let mut tx = engine.begin(&pfs)?;
     let mut reader = pool.reader(1, size);
@@ -128,15 +131,15 @@ fn engine_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
     tx.commit().context("commit the large file")?;
     let secs = t.elapsed().as_secs_f64();
     let cpu_secs = (fixture::cpu_time() - cpu).as_secs_f64();
-    let caller_cpu_secs = (fixture::thread_cpu_time() - caller_cpu).as_secs_f64();
-    let writer_cpu_secs = fixture::named_threads_cpu_secs(WRITER_THREAD) - writer_cpu;
+    let caller = Sched::this_thread().since(&caller);
+    let writer = Sched::threads_named(WRITER_THREAD).since(&writer);
     let counters = Counters::read(engine.stats()).since(&before);
     anyhow::ensure!(written == size, "the engine took {written} bytes of {size}");
     engine.close();
     Ok(Side {
         secs,
         cpu_secs,
-        threads: Some((caller_cpu_secs, writer_cpu_secs)),
+        threads: [caller, writer],
         counters,
     })
 }
@@ -148,6 +151,7 @@ fn plain_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
     fixture::sync_fs(dir.path())?;
     let mut buf = vec![0u8; BLOCK];
     let cpu = fixture::cpu_time();
+    let sched = Sched::this_thread();
     let t = Instant::now();
     let mut f = File::create(&path).with_context(|| format!("create {}", path.display()))?;
     let mut reader = pool.reader(2, size);
@@ -166,7 +170,7 @@ fn plain_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
     Ok(Side {
         secs,
         cpu_secs,
-        threads: None,
+        threads: [Sched::this_thread().since(&sched), Sched::default()],
         counters: Counters::default(),
     })
 }
