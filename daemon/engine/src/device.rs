@@ -326,6 +326,7 @@ impl Device {
                         Some(s)
                     }
                 })
+                .take(IOV_MAX)
                 .collect();
             match rustix::io::pwritev(&self.file, &rest, offset + done as u64) {
                 Ok(0) => {
@@ -492,6 +493,9 @@ fn write_error(path: &Path, len: usize, offset: u64, e: std::io::Error) -> Error
         )
     }
 }
+
+/// The most buffers one `pwritev` takes (Linux `IOV_MAX`).
+const IOV_MAX: usize = 1024;
 
 const fn libc_enospc() -> i32 {
     28

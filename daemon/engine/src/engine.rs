@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 use crate::exec::{IfExists, Intent, PfsCommand};
 use crate::index::{IndexStore, KvRead, MemIndex, Overlay, SledIndex, Writes};
 use crate::log::{self, Appender, LogEnd, LogPos, ScanEvent, SegmentMap};
-use crate::record::{CHUNK_SIZE, Change, Hash, Partial, Record, Role, encode_chunk};
+use crate::record::{
+    CHUNK_DATA_OFFSET, CHUNK_SIZE, Change, Hash, Partial, Record, Role, encode_chunk,
+    frame_chunk_in_place,
+};
 use crate::schema::{self, PfsRecord};
 use crate::writer::{self, Outcome, Shared, Stats, Submission, Work, Writer};
 
@@ -289,7 +292,6 @@ impl Engine {
             units: Vec::new(),
             new_segments: Vec::new(),
             reserve_slots: opts.reserve_segments,
-            spare_bodies: Vec::new(),
         };
         let map = Arc::new(RwLock::new(map));
         let (tx, rx) = std::sync::mpsc::sync_channel::<Submission>(256);
@@ -697,14 +699,20 @@ impl Txn {
         check_mode(path, attrs.mode)?;
         let mut refs = Vec::new();
         let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
-            let n = read_full(data, &mut buf)
+            // Read straight into the record that will go to the device: no copy of the data.
+            let mut rec = vec![0u8; CHUNK_DATA_OFFSET + CHUNK_SIZE];
+            let n = read_full(data, &mut rec[CHUNK_DATA_OFFSET..])
                 .map_err(|e| Error::io(format!("read the content of `{path}`"), e))?;
             if n == 0 {
                 break;
             }
-            let (cref, rec) = encode_chunk(&buf[..n]);
+            let (cref, mut rec) = frame_chunk_in_place(rec, n);
+            if n < CHUNK_SIZE {
+                // A short last chunk (every small file's only one) must not keep 1 MiB of
+                // capacity while it waits in the transaction.
+                rec.shrink_to_fit();
+            }
             refs.push(cref);
             size += n as u64;
             self.chunk_bytes += rec.len();

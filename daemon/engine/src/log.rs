@@ -498,18 +498,68 @@ pub(crate) struct UnitBuf {
     pub device_offset: u64,
     pub seg_header: Option<Vec<u8>>,
     pub header: UnitHeader,
-    pub body: Vec<u8>,
+    pub body: Body,
 }
 
 impl UnitBuf {
     /// What goes around the body on the device: the bytes before it (segment header, if any, and
-    /// unit header) and the length of the zero padding after it. The three are written with one
-    /// vectored write, so the body (up to [`MAX_UNIT_BODY`] of chunk data) is never copied again.
+    /// unit header) and the length of the zero padding after it. Head, body pieces and padding
+    /// are written with one vectored write, so record data is never copied into the unit.
     pub fn frame(&self, volume: &[u8; 16]) -> (Vec<u8>, usize) {
         let mut head = self.seg_header.clone().unwrap_or_default();
         head.extend_from_slice(&self.header.encode(volume));
-        let len = (head.len() + self.body.len()) as u64;
+        let len = (head.len() + self.body.len) as u64;
         (head, (align_up(len) - len) as usize)
+    }
+}
+
+/// Records smaller than this are copied together into one piece; larger ones (file chunks)
+/// are kept as the buffers they were encoded in.
+const COALESCE_BELOW: usize = 64 << 10;
+
+/// The records of a unit, in order, as the buffers they arrived in.
+#[derive(Default)]
+pub(crate) struct Body {
+    pub pieces: Vec<Vec<u8>>,
+    pub len: usize,
+    /// Whether the last piece collects small records and may grow.
+    small_tail: bool,
+}
+
+impl Body {
+    fn push(&mut self, record: Vec<u8>) {
+        self.len += record.len();
+        if record.len() >= COALESCE_BELOW {
+            self.pieces.push(record);
+            self.small_tail = false;
+        } else if self.small_tail {
+            self.pieces
+                .last_mut()
+                .expect("a small tail exists")
+                .extend_from_slice(&record);
+        } else {
+            self.pieces.push(record);
+            self.small_tail = true;
+        }
+    }
+
+    /// Where [`Body::truncate`] can come back to.
+    fn mark(&self) -> (usize, usize, usize, bool) {
+        (
+            self.pieces.len(),
+            self.pieces.last().map_or(0, Vec::len),
+            self.len,
+            self.small_tail,
+        )
+    }
+
+    fn truncate(&mut self, (pieces, last, len, small_tail): (usize, usize, usize, bool)) {
+        self.pieces.truncate(pieces);
+        if let Some(p) = self.pieces.last_mut() {
+            p.truncate(last);
+        }
+        self.len = len;
+        self.small_tail = small_tail;
     }
 }
 
@@ -528,14 +578,7 @@ pub(crate) struct Appender {
     pub new_segments: Vec<SegHeader>,
     /// Slots that must stay free for work that frees space (deletes, destroys).
     pub reserve_slots: usize,
-    /// Bodies of written units, kept for reuse: a unit body grows to tens of MiB, and a fresh
-    /// buffer that large is a fresh `mmap` whose every page faults and is zeroed when filled.
-    pub spare_bodies: Vec<Vec<u8>>,
 }
-
-/// Unit bodies kept for reuse (each with room for at most two [`MAX_UNIT_BODY`]s: a body grows
-/// by doubling, so one that holds a full unit may have up to twice that).
-const MAX_SPARE_BODIES: usize = 2;
 
 /// A saved state of the appender, to undo one submission's records.
 pub(crate) struct Mark {
@@ -544,7 +587,7 @@ pub(crate) struct Mark {
     next_seg_seq: u64,
     last_unit_seq: u64,
     units: usize,
-    last_body: usize,
+    last_body: (usize, usize, usize, bool),
     last_count: u32,
     new_segments: usize,
 }
@@ -557,7 +600,10 @@ impl Appender {
             next_seg_seq: self.next_seg_seq,
             last_unit_seq: self.last_unit_seq,
             units: self.units.len(),
-            last_body: self.units.last().map_or(0, |u| u.body.len()),
+            last_body: self
+                .units
+                .last()
+                .map_or((0, 0, 0, false), |u| u.body.mark()),
             last_count: self.units.last().map_or(0, |u| u.header.count),
             new_segments: self.new_segments.len(),
         }
@@ -571,8 +617,8 @@ impl Appender {
         self.units.truncate(m.units);
         if let Some(u) = self.units.last_mut() {
             u.body.truncate(m.last_body);
+            u.header.body_len = u.body.len as u32;
             u.header.count = m.last_count;
-            u.header.body_len = m.last_body as u32;
         }
         self.new_segments.truncate(m.new_segments);
     }
@@ -580,7 +626,12 @@ impl Appender {
     /// Places one encoded record and returns its LSN. `free_slots` counts the slots still free on
     /// the device (not counting those this batch took); `may_use_reserve` lets work that frees
     /// space use the reserved slots.
-    pub fn place(&mut self, record: &[u8], map: &SegmentMap, may_use_reserve: bool) -> Result<u64> {
+    pub fn place(
+        &mut self,
+        record: Vec<u8>,
+        map: &SegmentMap,
+        may_use_reserve: bool,
+    ) -> Result<u64> {
         let need = record.len() as u64;
         // Once work that frees space has opened a reserved slot, other work must not fill the
         // rest of that segment: the reserve would be gone for the next delete. So the reserve is
@@ -601,8 +652,8 @@ impl Appender {
         // Does the record fit the open unit (or a new unit at the tail)?
         let fits_open = self.units.last().is_some_and(|u| {
             let unit_off = u.header.lsn % self.seg_size;
-            u.body.len() as u64 + need <= MAX_UNIT_BODY as u64
-                && unit_off + UNIT_HEADER as u64 + u.body.len() as u64 + need <= self.seg_size
+            u.body.len as u64 + need <= MAX_UNIT_BODY as u64
+                && unit_off + UNIT_HEADER as u64 + u.body.len as u64 + need <= self.seg_size
         });
         if !fits_open {
             self.close_unit();
@@ -615,10 +666,10 @@ impl Appender {
             self.open_unit(map);
         }
         let u = self.units.last_mut().expect("a unit is open");
-        let lsn = u.header.lsn + UNIT_HEADER as u64 + u.body.len() as u64;
-        u.body.extend_from_slice(record);
+        let lsn = u.header.lsn + UNIT_HEADER as u64 + u.body.len as u64;
+        u.body.push(record);
         u.header.count += 1;
-        u.header.body_len = u.body.len() as u32;
+        u.header.body_len = u.body.len as u32;
         Ok(lsn)
     }
 
@@ -645,23 +696,15 @@ impl Appender {
                 count: 0,
                 durable_before: self.durable_seq,
             },
-            body: self.spare_bodies.pop().unwrap_or_default(),
+            body: Body::default(),
         });
-    }
-
-    /// Takes back the body of a written unit, to be reused by a later unit.
-    pub fn recycle(&mut self, mut body: Vec<u8>) {
-        if self.spare_bodies.len() < MAX_SPARE_BODIES && body.capacity() <= 2 * MAX_UNIT_BODY {
-            body.clear();
-            self.spare_bodies.push(body);
-        }
     }
 
     /// Ends the open unit: the tail moves past it, 4 KiB aligned.
     fn close_unit(&mut self) {
         if let (Some(u), Some((_, off))) = (self.units.last(), self.tail.as_mut()) {
             let end =
-                align_up(u.header.lsn % self.seg_size + UNIT_HEADER as u64 + u.body.len() as u64);
+                align_up(u.header.lsn % self.seg_size + UNIT_HEADER as u64 + u.body.len as u64);
             if end > *off {
                 *off = end;
                 self.last_unit_seq = u.header.seq;

@@ -359,6 +359,26 @@ fn frame(kind: u8, payload_len: usize, write_payload: impl FnOnce(&mut Vec<u8>))
     buf
 }
 
+/// Where a chunk's data starts in its record: after the header and the hash.
+pub(crate) const CHUNK_DATA_OFFSET: usize = RECORD_HEADER + 32;
+
+/// Frames a chunk record in place: `buf` holds the data at [`CHUNK_DATA_OFFSET`] (the bytes
+/// before it are overwritten) and is cut to `data_len` bytes of data. Saves the copy of
+/// [`encode_chunk`] for data that can be read straight into its record.
+pub(crate) fn frame_chunk_in_place(mut buf: Vec<u8>, data_len: usize) -> (ChunkRef, Vec<u8>) {
+    buf.truncate(CHUNK_DATA_OFFSET + data_len);
+    let hash = *blake3::hash(&buf[CHUNK_DATA_OFFSET..]).as_bytes();
+    buf[4] = KIND_CHUNK;
+    buf[5..8].fill(0);
+    let payload = u32::try_from(32 + data_len).expect("chunks are at most CHUNK_SIZE");
+    buf[8..12].copy_from_slice(&payload.to_le_bytes());
+    buf[RECORD_HEADER..CHUNK_DATA_OFFSET].copy_from_slice(&hash);
+    let crc = crc32c::crc32c(&buf[4..]);
+    buf[..4].copy_from_slice(&crc.to_le_bytes());
+    let len = u32::try_from(data_len).expect("chunks are at most CHUNK_SIZE");
+    (ChunkRef { hash, len }, buf)
+}
+
 /// Encodes a chunk record from its data (hashing it).
 pub(crate) fn encode_chunk(data: &[u8]) -> (ChunkRef, Vec<u8>) {
     let hash = *blake3::hash(data).as_bytes();
@@ -624,6 +644,14 @@ mod tests {
                 len: 5
             }
         );
+    }
+
+    #[test]
+    fn a_chunk_framed_in_place_equals_one_encoded_from_a_copy() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let mut buf = vec![0xAAu8; CHUNK_DATA_OFFSET + 8000];
+        buf[CHUNK_DATA_OFFSET..CHUNK_DATA_OFFSET + data.len()].copy_from_slice(&data);
+        assert_eq!(frame_chunk_in_place(buf, data.len()), encode_chunk(&data));
     }
 
     #[test]

@@ -33,7 +33,7 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 /// Most submissions in one group.
 const MAX_GROUP_LEN: usize = 1024;
 /// Written-but-unsynced bytes after which the writer syncs anyway.
-const MAX_UNSYNCED: u64 = 256 << 20;
+const MAX_UNSYNCED: u64 = 1 << 30;
 
 /// A piece of work for the writer.
 pub(crate) enum Work {
@@ -194,7 +194,7 @@ impl Writer {
         }
     }
 
-    fn process(&mut self, group: Vec<Submission>) {
+    fn process(&mut self, mut group: Vec<Submission>) {
         if let Some(why) = self.shared.poisoned() {
             for s in group {
                 let _ = s.reply.send(Err(Error::Poisoned(why.clone())));
@@ -213,10 +213,10 @@ impl Writer {
         let mut notify = Vec::new();
         let mut need_sync = self.unsynced > MAX_UNSYNCED;
         let mut commits = 0u64;
-        for sub in &group {
+        for sub in &mut group {
             let mark = self.app.mark();
             let mut child = Overlay::new(&layer, Writes::new());
-            match execute(&mut self.app, &map, &mut child, &sub.work, &mut notify) {
+            match execute(&mut self.app, &map, &mut child, &mut sub.work, &mut notify) {
                 Ok(outcome) => {
                     let writes = child.writes;
                     layer.writes.extend(writes);
@@ -311,10 +311,12 @@ impl Writer {
         let zeros = [0u8; crate::device::BLOCK as usize];
         for u in units {
             let (head, pad) = u.frame(&self.app.volume);
-            self.dev
-                .write_vectored_at(&[&head, &u.body, &zeros[..pad]], u.device_offset)?;
-            bytes += (head.len() + u.body.len() + pad) as u64;
-            self.app.recycle(u.body);
+            let mut bufs: Vec<&[u8]> = Vec::with_capacity(u.body.pieces.len() + 2);
+            bufs.push(&head);
+            bufs.extend(u.body.pieces.iter().map(Vec::as_slice));
+            bufs.push(&zeros[..pad]);
+            self.dev.write_vectored_at(&bufs, u.device_offset)?;
+            bytes += (head.len() + u.body.len + pad) as u64;
         }
         let stats = &self.shared.stats;
         stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
@@ -348,8 +350,7 @@ fn place(
     rec: &Record,
     reserve: bool,
 ) -> Result<()> {
-    let bytes = rec.encode();
-    let lsn = app.place(&bytes, map, reserve)?;
+    let lsn = app.place(rec.encode(), map, reserve)?;
     apply_record(ov, lsn, rec)
 }
 
@@ -357,9 +358,9 @@ fn place_chunk(
     app: &mut Appender,
     map: &SegmentMap,
     ov: &mut Overlay<'_>,
-    framed: &[u8],
+    framed: Vec<u8>,
 ) -> Result<()> {
-    let f = parse_frame(framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
+    let f = parse_frame(&framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
     let rec = Record::decode(f.kind, f.payload)
         .map_err(|e| Error::Invalid(format!("chunk record: {e}")))?;
     let Record::Chunk { hash, .. } = &rec else {
@@ -376,12 +377,13 @@ fn execute(
     app: &mut Appender,
     map: &SegmentMap,
     ov: &mut Overlay<'_>,
-    work: &Work,
+    work: &mut Work,
     notify: &mut Vec<(u32, Tid)>,
 ) -> Result<Outcome> {
+    // Chunk buffers move into the flush unit rather than being copied.
     match work {
         Work::Chunks(chunks) => {
-            for c in chunks {
+            for c in std::mem::take(chunks) {
                 place_chunk(app, map, ov, c)?;
             }
             Ok(Outcome::Written)
@@ -392,10 +394,10 @@ fn execute(
             chunks,
         } => {
             let p = exec::writable_pfs(ov, pfs)?;
-            for c in chunks {
+            let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
+            for c in std::mem::take(chunks) {
                 place_chunk(app, map, ov, c)?;
             }
-            let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
             match exec::commit(ov, &p, intents, Tid::now())? {
                 None => Ok(Outcome::Committed(None, 0)),
                 Some(rec) => {
@@ -424,7 +426,7 @@ fn execute(
                 Ok(p)
             };
             load(ov)?;
-            for c in chunks {
+            for c in std::mem::take(chunks) {
                 place_chunk(app, map, ov, c)?;
             }
             for change in changes {
