@@ -32,7 +32,8 @@
 //! socket = "/run/repld/admin.sock"
 //! ```
 //!
-//! `--ca`, `--cert`, `--key` and `--server-name` override the file's values.
+//! `--ca`, `--cert`, `--key` and `--server-name` override the file's values; the top-level
+//! `ca`, `cert` and `key` also serve `--endpoint https://...` when the flags are not given.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -206,16 +207,25 @@ impl Connector {
             return self.resolve_named(node);
         }
         if let Some(url) = &a.endpoint {
-            let tls = match (&a.ca, &a.cert, &a.key) {
+            // Flags first; for https, the config's top-level files fill what they leave out.
+            let (mut ca, mut cert, mut key) = (a.ca.clone(), a.cert.clone(), a.key.clone());
+            if url.starts_with("https://") && (ca.is_none() || cert.is_none() || key.is_none()) {
+                let c = &self.config()?.config;
+                ca = ca.or_else(|| c.ca.clone());
+                cert = cert.or_else(|| c.cert.clone());
+                key = key.or_else(|| c.key.clone());
+            }
+            let tls = match (ca, cert, key) {
                 (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
-                    ca: ca.clone(),
-                    cert: cert.clone(),
-                    key: key.clone(),
+                    ca,
+                    cert,
+                    key,
                     server_name: a.server_name.clone(),
                 }),
                 (None, None, None) => None,
                 _ => bail!(
-                    "--ca, --cert and --key go together: give all three (or REPLCTL_CA, REPLCTL_CERT and REPLCTL_KEY)"
+                    "--ca, --cert and --key go together: give all three (or REPLCTL_CA, \
+                     REPLCTL_CERT and REPLCTL_KEY, or ca, cert and key in the replctl config)"
                 ),
             };
             let is_https = url.starts_with("https://");
@@ -537,27 +547,32 @@ mod tests {
 
     #[test]
     fn endpoint_flag_needs_all_tls_files_for_https() {
-        let c = Connector::new(EndpointArgs {
+        let https = |ca: Option<&str>| EndpointArgs {
             endpoint: Some("https://node1:7420".into()),
+            ca: ca.map(PathBuf::from),
             ..Default::default()
-        });
+        };
+        let (_dir, c) = connector("", https(None));
         let e = c.resolve(None).expect_err("no TLS files").to_string();
         assert!(e.contains("--ca") && e.contains("certs init"), "{e}");
-        let c = Connector::new(EndpointArgs {
-            endpoint: Some("https://node1:7420".into()),
-            ca: Some("ca.pem".into()),
-            ..Default::default()
-        });
-        assert!(
-            c.resolve(None)
-                .expect_err("partial")
-                .to_string()
-                .contains("go together")
+        let (_dir, c) = connector("", https(Some("ca.pem")));
+        let e = c.resolve(None).expect_err("partial").to_string();
+        assert!(e.contains("go together"), "{e}");
+        // The config's top-level files fill in, and flags win over them.
+        let (dir, c) = connector(CONFIG, https(Some("/flag/ca.pem")));
+        let Endpoint::Https { tls, .. } = c.resolve(None).expect("from config").endpoint else {
+            panic!("https");
+        };
+        assert_eq!(tls.ca, PathBuf::from("/flag/ca.pem"));
+        assert_eq!(tls.cert, dir.path().join("tls/alice.pem"));
+        assert_eq!(tls.server_name, None, "the URL's host");
+        let (_dir, c) = connector(
+            "",
+            EndpointArgs {
+                endpoint: Some("http://127.0.0.1:7444".into()),
+                ..Default::default()
+            },
         );
-        let c = Connector::new(EndpointArgs {
-            endpoint: Some("http://127.0.0.1:7444".into()),
-            ..Default::default()
-        });
         assert!(matches!(
             c.resolve(None).expect("http").endpoint,
             Endpoint::Http(_)

@@ -260,12 +260,19 @@ async fn is_dir(client: &mut StorageClient, target: &Target) -> Result<bool> {
     }
 }
 
-/// Adds "use -p" to a NOT_FOUND on a write.
+/// Adds "use -p" when a write fails because a parent directory is missing.
 fn not_found_hint(e: ClientError, target: &Target, parents: bool) -> anyhow::Error {
-    if e.code() == Some(tonic::Code::NotFound) && !parents && !target.path.is_root() {
+    let missing_parent = match &e {
+        ClientError::Status(s) => {
+            s.code() == tonic::Code::NotFound
+                || (s.code() == tonic::Code::FailedPrecondition && s.message().contains("parent"))
+        }
+        _ => false,
+    };
+    if missing_parent && !parents && !target.path.is_root() {
         let parent = target.path.parent().unwrap_or_default();
         anyhow::Error::new(e).context(format!(
-            "cannot write {} (if its directory `{parent}` is missing, add -p to create it)",
+            "cannot write {}: add -p to create its missing directory `{parent}`",
             target.location()
         ))
     } else {
@@ -349,7 +356,7 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> Result<()> {
     };
     ctx.out.emit(&json, || {
         format!(
-            "{} -> {}: {} (version of TID {})\n",
+            "{} -> {}: {}, the version created at TID {}\n",
             target,
             dest.display(),
             match &entry.symlink_target {

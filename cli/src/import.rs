@@ -36,13 +36,12 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use repl_proto::{
-    Attrs, CHUNK_SIZE, ClientError, ImportBegin, ImportOp, ImportProgress, MODE_MASK,
+    Attrs, CHUNK_SIZE, ClientError, ImportBegin, ImportCommits, ImportOp, ImportProgress, MODE_MASK,
 };
 use repl_types::{EntryPath, Tid};
 use serde::Serialize;
@@ -448,30 +447,6 @@ impl Sink for ChannelSink {
     }
 }
 
-/// The commits reported so far.
-#[derive(Clone, Debug, Default)]
-struct Commits {
-    transactions: u64,
-    first: Option<Tid>,
-    last: ImportProgress,
-}
-
-impl Commits {
-    fn see(&mut self, p: &ImportProgress) {
-        if let Some(tid) = p.tid
-            && self.last.tid != Some(tid)
-        {
-            self.transactions += 1;
-            self.first.get_or_insert(tid);
-        }
-        let keep_tid = self.last.tid;
-        self.last = p.clone();
-        if self.last.tid.is_none() {
-            self.last.tid = keep_tid;
-        }
-    }
-}
-
 /// `import --json`.
 #[derive(Debug, Serialize)]
 struct ImportJson {
@@ -517,19 +492,8 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         std::thread::spawn(move || p.set_total(scan_total(&dir)));
     }
 
-    let commits = Arc::new(Mutex::new(Commits::default()));
-    let mut watch = session.watch_progress();
-    let tracker = {
-        let commits = Arc::clone(&commits);
-        tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
-                let p = watch.borrow_and_update().clone();
-                if let Ok(mut c) = commits.lock() {
-                    c.see(&p);
-                }
-            }
-        })
-    };
+    let reports = session.watch_progress();
+    let commits = session.watch_commits();
 
     let (tx, mut rx) = mpsc::channel::<Item>(16);
     let walker = {
@@ -542,7 +506,7 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
 
     let feed = {
         let progress = Arc::clone(&progress);
-        let commits = Arc::clone(&commits);
+        let commits = commits.clone();
         let mut session = session;
         async move {
             let mut sent = 0u64;
@@ -561,9 +525,8 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
                         session.send(op).await?;
                         progress.update(sent, || {
                             let committed = commits
-                                .lock()
-                                .ok()
-                                .and_then(|c| c.last.tid)
+                                .borrow()
+                                .last_tid
                                 .map_or_else(|| "-".to_owned(), |t| t.to_string());
                             format!("{files} files, committed up to {committed}")
                         });
@@ -582,20 +545,28 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     };
     progress.finish();
     let elapsed = progress.elapsed();
-    // Let the tracker see the last report before it is read.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    tracker.abort();
-    let commits = commits.lock().map(|c| c.clone()).unwrap_or_default();
+    // The newest report, and the commits accumulated (read in this order: a report is counted
+    // in `commits` before it is published, so `last` never runs ahead of `commits`).
+    let last = reports.borrow().clone();
+    let commits = *commits.borrow();
 
     let done = match outcome {
         Ok(done) => done,
         Err(stop) => {
+            let signalled = matches!(stop, Stop::Signal);
             let why = match stop {
                 Stop::Signal => "interrupted".to_owned(),
-                Stop::Failed(e) => format!("failed: {}", describe(&e)),
+                Stop::Failed(e) => describe(&e),
             };
             eprintln!("replctl: import of {} into {target} {why}", a.dir.display());
-            eprintln!("{}", interrupted_summary(&commits));
+            eprintln!("{}", interrupted_summary(&last, &commits));
+            if signalled && last.tid.is_some() {
+                eprintln!(
+                    "(Transactions the node was committing at the moment of the interruption may \
+                     be in too; `replctl pfs status {}` shows the head.)",
+                    target.pfs
+                );
+            }
             return Err(Reported {
                 message: format!("import {why}"),
             }
@@ -608,8 +579,6 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         Err(_) => anyhow::bail!("the directory walker crashed"),
     };
 
-    let mut commits = commits;
-    commits.see(&done);
     let total = done.total;
     let secs = elapsed.as_secs_f64();
     let json = ImportJson {
@@ -623,10 +592,10 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         errors: stats.errors,
         changed: stats.changed,
         transactions: commits.transactions,
-        first_tid: commits.first.map(|t| t.to_string()),
-        first_time: commits.first.map(Tid::to_rfc3339),
-        last_tid: commits.last.tid.map(|t| t.to_string()),
-        last_time: commits.last.tid.map(Tid::to_rfc3339),
+        first_tid: commits.first_tid.map(|t| t.to_string()),
+        first_time: commits.first_tid.map(Tid::to_rfc3339),
+        last_tid: commits.last_tid.map(|t| t.to_string()),
+        last_time: commits.last_tid.map(Tid::to_rfc3339),
         elapsed_seconds: secs,
         bytes_per_second: if secs > 0.0 {
             total.bytes as f64 / secs
@@ -650,7 +619,7 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
                 stats.special_skipped
             ));
         }
-        match (commits.first, commits.last.tid) {
+        match (commits.first_tid, commits.last_tid) {
             (Some(first), Some(last)) if first != last => s.push_str(&format!(
                 "  tids      {} .. {}\n            {} transactions\n",
                 output::tid(first),
@@ -658,7 +627,7 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
                 commits.transactions
             )),
             (_, Some(last)) => s.push_str(&format!("  tid       {}\n", output::tid(last))),
-            _ => s.push_str("  tid       - (nothing to commit)\n"),
+            _ => s.push_str("  tid       - (nothing new: everything was stored already)\n"),
         }
         s.push_str(&format!(
             "  elapsed   {}, {}\n",
@@ -679,9 +648,9 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
 }
 
 /// "committed N transactions up to TID ...; run the same command again".
-fn interrupted_summary(c: &Commits) -> String {
-    let t = c.last.total;
-    match c.last.tid {
+fn interrupted_summary(last: &ImportProgress, c: &ImportCommits) -> String {
+    let t = last.total;
+    match last.tid.or(c.last_tid) {
         None => "Nothing was committed. Run the same command again to import.".to_owned(),
         Some(tid) => format!(
             "Committed {} transaction{} up to TID {}: {} files, {} dirs, {} symlinks, {}{}.\n\
@@ -694,8 +663,7 @@ fn interrupted_summary(c: &Commits) -> String {
             t.dirs,
             t.symlinks,
             output::bytes(t.bytes),
-            c.last
-                .last_path
+            last.last_path
                 .as_ref()
                 .map(|p| format!(", the last being {p}"))
                 .unwrap_or_default(),
@@ -703,24 +671,27 @@ fn interrupted_summary(c: &Commits) -> String {
     }
 }
 
-/// A short reason for a failed import.
+/// Why an import stopped: "interrupted: ..." when the node or the connection went away (a rerun
+/// finishes it), "failed: ..." when the node refused something (a rerun would fail again).
 fn describe(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
     match e.downcast_ref::<ClientError>() {
-        Some(ClientError::Status(s))
-            if matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-            ) =>
-        {
-            format!("the connection to the node was lost ({e})")
-        }
-        _ => format!("{e:#}"),
+        Some(ClientError::Status(s)) => match s.code() {
+            tonic::Code::Unavailable if !s.message().is_empty() => format!("interrupted: {text}"),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                format!("interrupted: the connection to the node was lost ({text})")
+            }
+            _ => format!("failed: {text}"),
+        },
+        Some(ClientError::Connect { .. }) => format!("interrupted: {text}"),
+        _ => format!("failed: {text}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::time::Duration;
 
     use super::*;
 
@@ -973,33 +944,33 @@ mod tests {
     }
 
     #[test]
-    fn commits_count_transactions_and_keep_the_last_tid() {
-        let mut c = Commits::default();
-        let report = |tid: Option<u64>, files: u64, done: bool| ImportProgress {
-            tid: tid.map(Tid),
+    fn the_interruption_report_names_transactions_tid_and_files() {
+        let last = ImportProgress {
+            tid: Some(Tid(12)),
             total: repl_proto::ImportCounts {
-                files,
+                files: 6,
+                dirs: 2,
                 ..Default::default()
             },
-            done,
+            last_path: Some(p("d/f6")),
             ..Default::default()
         };
-        c.see(&report(Some(10), 3, false));
-        c.see(&report(Some(12), 6, false));
-        c.see(&report(None, 6, true));
-        assert_eq!(
-            (c.transactions, c.first, c.last.tid),
-            (2, Some(Tid(10)), Some(Tid(12)))
-        );
-        let s = interrupted_summary(&c);
+        let commits = ImportCommits {
+            transactions: 2,
+            first_tid: Some(Tid(10)),
+            last_tid: Some(Tid(12)),
+        };
+        let s = interrupted_summary(&last, &commits);
         assert!(
-            s.contains("Committed 2 transactions up to TID 0x000000000000000c"),
+            s.starts_with("Committed 2 transactions up to TID 0x000000000000000c ("),
             "{s}"
         );
         assert!(
-            s.contains("run the same command again") || s.contains("Run the same command again"),
+            s.contains("): 6 files, 2 dirs, 0 symlinks, 0 B, the last being d/f6."),
             "{s}"
         );
-        assert!(interrupted_summary(&Commits::default()).contains("Nothing was committed"));
+        assert!(s.contains("Run the same command again to finish"), "{s}");
+        let none = interrupted_summary(&ImportProgress::default(), &ImportCommits::default());
+        assert!(none.contains("Nothing was committed"), "{none}");
     }
 }

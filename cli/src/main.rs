@@ -183,7 +183,7 @@ fn report(e: &anyhow::Error) -> u8 {
     {
         return EXIT_ERROR; // The reader went away (`| head`): nothing to say.
     }
-    eprintln!("replctl: {e:#}");
+    eprintln!("replctl: {}", message(e));
     if let Some(hint) = hint(e) {
         eprintln!("hint: {hint}");
     }
@@ -193,6 +193,26 @@ fn report(e: &anyhow::Error) -> u8 {
     } else {
         EXIT_ERROR
     }
+}
+
+/// The error and its causes, down to the first protocol-level error (whose own sources, such
+/// as tonic's status details, repeat what it says).
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+        if cause.downcast_ref::<ClientError>().is_some() {
+            break;
+        }
+    }
+    msg
 }
 
 /// What to do about a server's answer, by its code.

@@ -38,6 +38,8 @@ pub struct Target {
     pub at: Option<ReadAt>,
     /// The path was written with a trailing `/` (or was the bare root `PFS/`).
     pub trailing_slash: bool,
+    /// The target as the operator wrote it, for messages.
+    pub input: String,
 }
 
 /// The name of a node in the replctl config: 1 to 64 letters, digits, `-`, `_` or `.`, starting
@@ -227,13 +229,14 @@ impl Target {
             path,
             at,
             trailing_slash,
+            input: s.to_owned(),
         })
     }
 
     /// The read point: `@AT`, or `--at`, or the head. Both at once is an error.
     pub fn read_at(&self, flag: Option<&ReadAt>) -> Result<ReadAt, TargetError> {
         match (&self.at, flag) {
-            (Some(_), Some(_)) => Err(TargetError::TwoReadPoints(self.to_string())),
+            (Some(_), Some(_)) => Err(TargetError::TwoReadPoints(self.input.clone())),
             (Some(at), None) | (None, Some(at)) => Ok(at.clone()),
             (None, None) => Ok(ReadAt::Head),
         }
@@ -243,9 +246,12 @@ impl Target {
     pub fn for_write(self, command: &'static str) -> Result<Target, TargetError> {
         match &self.at {
             None | Some(ReadAt::Head) => Ok(self),
-            Some(at) => Err(TargetError::AtNotAllowed {
-                input: self.to_string(),
-                at: at.to_string(),
+            Some(_) => Err(TargetError::AtNotAllowed {
+                at: self
+                    .input
+                    .rsplit_once('@')
+                    .map_or_else(String::new, |(_, at)| at.to_owned()),
+                input: self.input.clone(),
                 command,
             }),
         }
@@ -257,7 +263,7 @@ impl Target {
             Ok(self)
         } else {
             Err(TargetError::PathNotAllowed {
-                input: self.to_string(),
+                input: self.input.clone(),
                 command,
             })
         }
@@ -267,7 +273,7 @@ impl Target {
     pub fn not_root(self, command: &'static str) -> Result<Target, TargetError> {
         if self.path.is_root() {
             Err(TargetError::RootNotAllowed {
-                input: self.to_string(),
+                input: self.input.clone(),
                 command,
             })
         } else {

@@ -664,6 +664,18 @@ const IMPORT_BATCH_OPS: usize = 1024;
 /// Bytes per Import message, well under [`MAX_MESSAGE_SIZE`].
 const IMPORT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// The commits an import has reported, accumulated (unlike [`ImportSession::watch_progress`],
+/// which shows only the newest report, this loses none of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportCommits {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// The TID of the first commit.
+    pub first_tid: Option<Tid>,
+    /// The TID of the newest commit.
+    pub last_tid: Option<Tid>,
+}
+
 /// A running import. Operations are batched into messages; the server commits them in bounded
 /// transactions and reports each commit, which [`ImportSession::progress`] shows.
 ///
@@ -676,6 +688,7 @@ pub struct ImportSession {
     batch: Vec<pb::ImportOp>,
     batch_bytes: usize,
     progress: watch::Receiver<ImportProgress>,
+    commits: watch::Receiver<ImportCommits>,
     task: Option<JoinHandle<Result<ImportProgress, ClientError>>>,
 }
 
@@ -697,10 +710,18 @@ impl ImportSession {
         let mut request = tonic::Request::new(stream);
         let cancel = request.cancellation_handle();
         let (progress_tx, progress) = watch::channel(ImportProgress::default());
+        let (commits_tx, commits) = watch::channel(ImportCommits::default());
         let task = tokio::spawn(async move {
             let mut responses = client.import(request).await?.into_inner();
             while let Some(msg) = responses.message().await? {
                 let p = ImportProgress::try_from(msg)?;
+                if let Some(tid) = p.tid {
+                    commits_tx.send_modify(|c| {
+                        c.transactions += 1;
+                        c.first_tid.get_or_insert(tid);
+                        c.last_tid = Some(tid);
+                    });
+                }
                 progress_tx.send_replace(p.clone());
                 if p.done {
                     return Ok(p);
@@ -718,6 +739,7 @@ impl ImportSession {
             batch: Vec::new(),
             batch_bytes: 0,
             progress,
+            commits,
             task: Some(task),
         }
     }
@@ -775,6 +797,12 @@ impl ImportSession {
     /// sender.
     pub fn watch_progress(&self) -> watch::Receiver<ImportProgress> {
         self.progress.clone()
+    }
+
+    /// Every commit reported so far, accumulated; it keeps counting until the session ends, so
+    /// it still tells after a failure how far the import got.
+    pub fn watch_commits(&self) -> watch::Receiver<ImportCommits> {
+        self.commits.clone()
     }
 
     /// Sends what is queued, ends the stream and waits until the server confirms that
@@ -1537,8 +1565,12 @@ mod tests {
             .send(ImportOp::Data(Bytes::from_static(b"x")))
             .await
             .expect("send");
+        let commits = session.watch_commits();
         let done = session.finish().await.expect("finish");
         assert!(done.done);
+        let commits = *commits.borrow();
+        assert!(commits.transactions >= 2, "{commits:?}");
+        assert!(commits.first_tid.is_some() && commits.last_tid >= commits.first_tid);
         assert_eq!(done.total.files, 7);
         assert_eq!(done.total.dirs, 1);
         assert_eq!(done.total.bytes, 6 * 4 + size);

@@ -27,7 +27,8 @@ pub mod pb {
 }
 
 pub use client::{
-    AdminClient, ByteStream, Endpoint, ImportSession, StorageClient, TlsFiles, replication_client,
+    AdminClient, ByteStream, Endpoint, ImportCommits, ImportSession, StorageClient, TlsFiles,
+    replication_client,
 };
 pub use convert::*;
 pub use error::{ClientError, ProtocolError};
