@@ -552,6 +552,23 @@ impl Report {
             out,
             "      keep {dir}/ca.key offline; to add a node later run: replctl certs init {dir} --node NEWNAME"
         );
+        if let (Some(admin), false) = (admins.first(), nodes.is_empty()) {
+            let abs = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+            let abs = abs.display();
+            let _ = writeln!(
+                out,
+                "\na replctl config for {admin} (~/.config/replctl/config.toml; set each node's \
+                 address):\n\n    ca = \"{abs}/ca.pem\"\n    cert = \"{abs}/{admin}.pem\"\n    \
+                 key = \"{abs}/{admin}.key\""
+            );
+            for node in &nodes {
+                let _ = writeln!(
+                    out,
+                    "\n    [nodes.{node}]\n    endpoint = \"https://{node}:{}\"",
+                    repl_proto::DEFAULT_PORT
+                );
+            }
+        }
         out
     }
 }
