@@ -17,7 +17,7 @@
 //!
 //! The server commits the operations in bounded transactions (`--txn-ops`, `--txn-bytes`, or
 //! its defaults) and reports each commit; the last report confirms that everything is in. An
-//! interrupted import (Ctrl-C, the server stopping, a cut connection) keeps every committed
+//! interrupted import (Ctrl-C or SIGTERM, the server stopping, a cut connection) keeps every committed
 //! transaction, says how far it got, and exits 1. Running the same command again sends
 //! everything again: entries that are already stored identically are no-ops in the engine, so
 //! the second run costs reading DIR and the wire, and finishes the job.
@@ -541,7 +541,7 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     };
     let outcome = tokio::select! {
         r = feed => r.map_err(|e| Stop::Failed(e.into())),
-        _ = tokio::signal::ctrl_c() => Err(Stop::Signal),
+        () = interrupted() => Err(Stop::Signal),
     };
     progress.finish();
     let elapsed = progress.elapsed();
@@ -645,6 +645,22 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// "committed N transactions up to TID ...; run the same command again".
@@ -972,5 +988,252 @@ mod tests {
         assert!(s.contains("Run the same command again to finish"), "{s}");
         let none = interrupted_summary(&ImportProgress::default(), &ImportCommits::default());
         assert!(none.contains("Nothing was committed"), "{none}");
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The whole command against an in-process fake Storage server on a Unix socket.
+
+    mod fake {
+        use std::pin::Pin;
+        use std::sync::Mutex;
+
+        use repl_proto::pb::storage_server::{Storage, StorageServer};
+        use repl_proto::{ImportCounts, ImportRequest, pb};
+        use tokio::net::UnixListener;
+        use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+        use tonic::{Request, Response, Status, Streaming};
+
+        use super::*;
+
+        type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+        /// Commits every 4 operations; with `fail_after`, answers UNAVAILABLE (as a node that
+        /// shuts down) after that many commits. Records the path of every operation received.
+        pub struct Fake {
+            pub fail_after: Option<u64>,
+            pub received: Arc<Mutex<Vec<String>>>,
+        }
+
+        pub async fn serve(
+            fail_after: Option<u64>,
+        ) -> (tempfile::TempDir, PathBuf, Arc<Mutex<Vec<String>>>) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let socket = dir.path().join("admin.sock");
+            let listener = UnixListener::bind(&socket).expect("bind");
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let fake = Fake {
+                fail_after,
+                received: Arc::clone(&received),
+            };
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(StorageServer::new(fake))
+                    .serve_with_incoming(UnixListenerStream::new(listener)),
+            );
+            (dir, socket, received)
+        }
+
+        fn no<T>() -> Result<T, Status> {
+            Err(Status::unimplemented("not in the fake"))
+        }
+
+        #[tonic::async_trait]
+        impl Storage for Fake {
+            async fn put(
+                &self,
+                _: Request<Streaming<pb::PutRequest>>,
+            ) -> Result<Response<pb::PutResponse>, Status> {
+                no()
+            }
+            type GetStream = Stream<pb::GetResponse>;
+            async fn get(
+                &self,
+                _: Request<pb::GetRequest>,
+            ) -> Result<Response<Self::GetStream>, Status> {
+                no()
+            }
+            async fn stat(
+                &self,
+                _: Request<pb::StatRequest>,
+            ) -> Result<Response<pb::StatResponse>, Status> {
+                no()
+            }
+            type ListStream = Stream<pb::ListResponse>;
+            async fn list(
+                &self,
+                _: Request<pb::ListRequest>,
+            ) -> Result<Response<Self::ListStream>, Status> {
+                no()
+            }
+            async fn delete(
+                &self,
+                _: Request<pb::DeleteRequest>,
+            ) -> Result<Response<pb::DeleteResponse>, Status> {
+                no()
+            }
+            async fn rename(
+                &self,
+                _: Request<pb::RenameRequest>,
+            ) -> Result<Response<pb::CommitResponse>, Status> {
+                no()
+            }
+            async fn mkdir(
+                &self,
+                _: Request<pb::MkdirRequest>,
+            ) -> Result<Response<pb::CommitResponse>, Status> {
+                no()
+            }
+            async fn symlink(
+                &self,
+                _: Request<pb::SymlinkRequest>,
+            ) -> Result<Response<pb::CommitResponse>, Status> {
+                no()
+            }
+            async fn history(
+                &self,
+                _: Request<pb::HistoryRequest>,
+            ) -> Result<Response<pb::HistoryResponse>, Status> {
+                no()
+            }
+            type ExportStream = Stream<pb::ExportResponse>;
+            async fn export(
+                &self,
+                _: Request<pb::ExportRequest>,
+            ) -> Result<Response<Self::ExportStream>, Status> {
+                no()
+            }
+            type ImportStream = Stream<pb::ImportResponse>;
+            async fn import(
+                &self,
+                request: Request<Streaming<pb::ImportRequest>>,
+            ) -> Result<Response<Self::ImportStream>, Status> {
+                let mut stream = request.into_inner();
+                let (tx, rx) = mpsc::channel(16);
+                let (fail_after, received) = (self.fail_after, Arc::clone(&self.received));
+                tokio::spawn(async move {
+                    let (mut total, mut txn) = (ImportCounts::default(), ImportCounts::default());
+                    let (mut tid, mut commits, mut last) = (100u64, 0u64, None);
+                    let mut commit =
+                        |total: &mut ImportCounts,
+                         txn: &mut ImportCounts,
+                         last: &Option<EntryPath>| {
+                            tid += 1;
+                            commits += 1;
+                            total.files += txn.files;
+                            total.dirs += txn.dirs;
+                            total.symlinks += txn.symlinks;
+                            total.bytes += txn.bytes;
+                            let p = ImportProgress {
+                                tid: Some(Tid(tid)),
+                                txn: *txn,
+                                total: *total,
+                                last_path: last.clone(),
+                                done: false,
+                            };
+                            *txn = ImportCounts::default();
+                            (p, commits)
+                        };
+                    loop {
+                        let req = match stream.message().await {
+                            Ok(Some(m)) => ImportRequest::try_from(m).expect("valid request"),
+                            _ => return, // abandoned
+                        };
+                        for op in req.ops {
+                            match &op {
+                                ImportOp::File { data, .. } => {
+                                    txn.files += 1;
+                                    txn.bytes += data.len() as u64;
+                                }
+                                ImportOp::Data(d) => txn.bytes += d.len() as u64,
+                                ImportOp::Mkdir { .. } => txn.dirs += 1,
+                                ImportOp::Symlink { .. } => txn.symlinks += 1,
+                                ImportOp::Delete { .. } => txn.deletes += 1,
+                            }
+                            if let Some(p) = op.path() {
+                                received.lock().expect("lock").push(p.to_string());
+                                last = Some(p.clone());
+                            }
+                            if txn.ops() == 4 {
+                                let (p, n) = commit(&mut total, &mut txn, &last);
+                                let _ = tx.send(Ok(p.into())).await;
+                                if Some(n) == fail_after {
+                                    let _ = tx
+                                        .send(Err(Status::unavailable(
+                                            "the node is shutting down: the transactions \
+                                             answered so far are committed",
+                                        )))
+                                        .await;
+                                    return;
+                                }
+                            }
+                        }
+                        if req.finish {
+                            if txn.ops() > 0 {
+                                let (p, _) = commit(&mut total, &mut txn, &last);
+                                let _ = tx.send(Ok(p.into())).await;
+                            }
+                            let done = ImportProgress {
+                                total,
+                                last_path: last.clone(),
+                                done: true,
+                                ..Default::default()
+                            };
+                            let _ = tx.send(Ok(done.into())).await;
+                            return;
+                        }
+                    }
+                });
+                Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            }
+        }
+    }
+
+    fn ctx(socket: &Path, config: &Path) -> crate::Ctx {
+        crate::Ctx {
+            out: crate::output::Output { json: true },
+            quiet: true,
+            nodes: crate::endpoint::Connector::new(crate::endpoint::EndpointArgs {
+                socket: Some(socket.to_owned()),
+                config: Some(config.to_owned()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_import_reports_and_a_rerun_sends_everything_again() {
+        let (tmp, root) = tree();
+        for i in 0..20 {
+            std::fs::write(root.join(format!("e/n{i:02}")), format!("file {i}")).expect("write");
+        }
+        let config = tmp.path().join("replctl.toml");
+        std::fs::write(&config, "").expect("write");
+        let args = || ImportArgs {
+            dir: root.clone(),
+            target: Target::parse("data/in").expect("valid"),
+            txn_ops: None,
+            txn_bytes: None,
+        };
+        let mut expected = VecSink::default();
+        walk(&root, &p("in"), &mut expected).expect("walk");
+        let expected: Vec<String> = ops(&expected.items)
+            .iter()
+            .filter_map(|op| op.path().map(|p| p.to_string()))
+            .collect();
+        assert!(expected.len() > 20, "{expected:?}");
+
+        // The node goes away after two commits: the command fails with exit code 1 and says so.
+        let (_d1, socket, received) = fake::serve(Some(2)).await;
+        let e = run(&ctx(&socket, &config), args())
+            .await
+            .expect_err("the node went away");
+        assert!(e.downcast_ref::<Reported>().is_some(), "{e:#}");
+        assert!(e.to_string().contains("interrupted"), "{e:#}");
+        assert_eq!(received.lock().expect("lock")[..8], expected[..8]);
+
+        // The rerun sends every entry again, in the same order, and succeeds.
+        let (_d2, socket, received) = fake::serve(None).await;
+        run(&ctx(&socket, &config), args()).await.expect("rerun");
+        assert_eq!(*received.lock().expect("lock"), expected);
     }
 }
