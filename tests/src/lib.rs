@@ -1,9 +1,16 @@
-//! Shared helpers for the end-to-end tests: temporary nodes, child processes, fault injection.
+//! Shared helpers for the end-to-end tests: temporary nodes, child processes, fault injection,
+//! directory trees.
 //!
 //! Modules:
 //! - [`workload`]: the engine crash tests' workload (what transaction `seq` writes, derived from
 //!   `seq` alone) and the logs their helper binary keeps of what was acknowledged and sent.
 //! - [`child`]: a child process that is killed when the test drops it, with its output lines.
+//! - [`node`]: a real `repld` process on a temporary directory ([`node::TestNode`]), its
+//!   certificates, the workspace binaries, and what a node stores ([`node::StoredState`]).
+//! - [`tree`]: generated directory trees (odd names, modes, nanosecond mtimes, symlinks) and
+//!   comparing two trees entry by entry, with `diff -r` beside.
 
 pub mod child;
+pub mod node;
+pub mod tree;
 pub mod workload;

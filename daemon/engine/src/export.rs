@@ -102,13 +102,17 @@ fn append<W: Write>(
     Ok(())
 }
 
-/// A PAX time value: seconds, and the fraction when there is one.
+/// A PAX time value: seconds, and the fraction when there is one. A PAX time is a signed
+/// decimal number, so a time before the epoch is its magnitude with a `-` (`-1.5`), not floor
+/// seconds plus a positive fraction.
 fn pax_time(ns: i64) -> String {
-    let (s, frac) = (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+    let sign = if ns < 0 { "-" } else { "" };
+    let abs = ns.unsigned_abs();
+    let (s, frac) = (abs / 1_000_000_000, abs % 1_000_000_000);
     if frac == 0 {
-        s.to_string()
+        format!("{sign}{s}")
     } else {
-        format!("{s}.{frac:09}")
+        format!("{sign}{s}.{frac:09}")
     }
 }
 
@@ -143,6 +147,10 @@ mod tests {
     fn pax_times_keep_nanoseconds() {
         assert_eq!(pax_time(1_700_000_000_000_000_000), "1700000000");
         assert_eq!(pax_time(1_700_000_000_000_000_123), "1700000000.000000123");
+        assert_eq!(pax_time(0), "0");
+        assert_eq!(pax_time(-86_400_000_000_000), "-86400");
+        assert_eq!(pax_time(-1_500_000_000), "-1.500000000");
+        assert_eq!(pax_time(-1), "-0.000000001");
     }
 
     #[test]

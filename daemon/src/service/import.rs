@@ -197,12 +197,15 @@ impl Worker {
                 data,
             } => {
                 self.parents(&path)?;
+                // parents() opens no transaction when every parent is known (or the file is at
+                // the top), as for the first file after a commit.
+                self.txn()?;
                 let mut reader = FileReader {
                     first: data,
                     remaining: size,
                     rx: &mut self.rx,
                 };
-                let txn = self.txn.as_mut().expect("parents() opened the transaction");
+                let txn = self.txn.as_mut().expect("opened just above");
                 let n = txn.put_file(&path, attrs(a), &mut reader).map_err(e)?;
                 if n != size {
                     return Err(Status::invalid_argument(format!(
