@@ -105,7 +105,10 @@ pub async fn run(ctx: &Ctx, a: ExportArgs) -> Result<()> {
         let mut out = tokio::fs::File::create(&write_to)
             .await
             .with_context(|| format!("cannot create {}", write_to.display()))?;
-        let n = copy(&mut stream, &mut out, &progress).await?;
+        let n = tokio::select! {
+            n = copy(&mut stream, &mut out, &progress) => n?,
+            () = crate::interrupted() => anyhow::bail!("interrupted"),
+        };
         out.sync_all()
             .await
             .with_context(|| format!("cannot write {}", write_to.display()))?;

@@ -541,7 +541,7 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     };
     let outcome = tokio::select! {
         r = feed => r.map_err(|e| Stop::Failed(e.into())),
-        () = interrupted() => Err(Stop::Signal),
+        () = crate::interrupted() => Err(Stop::Signal),
     };
     progress.finish();
     let elapsed = progress.elapsed();
@@ -645,22 +645,6 @@ pub async fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// "committed N transactions up to TID ...; run the same command again".

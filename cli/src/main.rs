@@ -173,6 +173,22 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Prints an error with a hint on what to do, and returns the exit code.
 fn report(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Reported>().is_some() {
