@@ -46,6 +46,7 @@ use crate::target::NodeName;
 
 /// Global flags that say how to reach a node.
 #[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Reaching a node (global)")]
 pub struct EndpointArgs {
     /// The node's local admin socket [default: /run/repld/admin.sock].
     #[arg(long, global = true, env = "REPLCTL_SOCKET", value_name = "PATH")]

@@ -58,10 +58,10 @@ struct Cli {
     #[command(flatten)]
     endpoint: EndpointArgs,
     /// Print results as JSON (stable shapes, see docs/cli.md).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output (global)")]
     json: bool,
     /// No progress bars or progress lines.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Output (global)")]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
