@@ -260,13 +260,13 @@ mod tests {
     fn policy() -> AccessPolicy {
         let mut p = AccessPolicy::new("node-a", ["ops".to_owned()]);
         p.allow_peers("grpc.health.v1.Health");
-        p.allow_peers("repl.v1.Replication");
+        p.allow_peers("repld.v1.Replication");
         p
     }
 
     #[test]
     fn service_names_come_from_grpc_paths() {
-        assert_eq!(service_name("/repl.v1.Admin/CreatePfs"), "repl.v1.Admin");
+        assert_eq!(service_name("/repld.v1.Admin/PfsCreate"), "repld.v1.Admin");
         assert_eq!(
             service_name("/grpc.health.v1.Health/Check"),
             "grpc.health.v1.Health"
@@ -278,16 +278,16 @@ mod tests {
     fn admins_may_call_admin_services_over_tls() {
         assert!(
             policy()
-                .check(&cert("ops"), "/repl.v1.Admin/CreatePfs")
+                .check(&cert("ops"), "/repld.v1.Admin/PfsCreate")
                 .is_ok()
         );
-        assert!(policy().check(&cert("ops"), "/repl.v1.Storage/Put").is_ok());
+        assert!(policy().check(&cert("ops"), "/repld.v1.Storage/Put").is_ok());
     }
 
     #[test]
     fn other_certificates_are_denied_admin_services_with_a_clear_message() {
         let e = policy()
-            .check(&cert("node-b"), "/repl.v1.Admin/CreatePfs")
+            .check(&cert("node-b"), "/repld.v1.Admin/PfsCreate")
             .expect_err("denied");
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("\"node-b\""), "{}", e.message());
@@ -306,7 +306,7 @@ mod tests {
         );
         assert!(
             policy()
-                .check(&cert("node-b"), "/repl.v1.Replication/Stream")
+                .check(&cert("node-b"), "/repld.v1.Replication/Stream")
                 .is_ok()
         );
     }
@@ -317,14 +317,14 @@ mod tests {
         assert!(
             p.check(
                 &PeerIdentity::AdminSocket { uid: Some(0) },
-                "/repl.v1.Admin/X"
+                "/repld.v1.Admin/X"
             )
             .is_ok()
         );
         assert!(
             p.check(
                 &PeerIdentity::PlaintextLoopback { addr: None },
-                "/repl.v1.Storage/X"
+                "/repld.v1.Storage/X"
             )
             .is_ok()
         );
