@@ -94,14 +94,9 @@ pub(crate) fn at(a: &ReadAt) -> At {
 
 /// The wire form of an engine entry.
 pub(crate) fn entry(e: &Entry) -> pb::Entry {
-    let kind = match e.kind() {
-        EntryKind::File => repl_proto::EntryKind::File,
-        EntryKind::Dir => repl_proto::EntryKind::Dir,
-        EntryKind::Symlink => repl_proto::EntryKind::Symlink,
-    };
     repl_proto::Entry {
         path: e.path.clone(),
-        kind,
+        kind: e.kind(),
         mode: e.meta.mode,
         mtime_ns: e.meta.mtime_ns,
         size: e.meta.size,

@@ -273,26 +273,14 @@ impl fmt::Display for ReadAt {
     }
 }
 
-/// The kind of an entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-}
+pub use repl_types::EntryKind;
 
-impl EntryKind {
-    fn from_pb(field: &'static str, v: i32) -> Result<EntryKind, ProtocolError> {
-        match pb::EntryKind::try_from(v) {
-            Ok(pb::EntryKind::File) => Ok(EntryKind::File),
-            Ok(pb::EntryKind::Dir) => Ok(EntryKind::Dir),
-            Ok(pb::EntryKind::Symlink) => Ok(EntryKind::Symlink),
-            Ok(pb::EntryKind::Unspecified) | Err(_) => Err(ProtocolError::Enum { field, value: v }),
-        }
+fn entry_kind_from_pb(field: &'static str, v: i32) -> Result<EntryKind, ProtocolError> {
+    match pb::EntryKind::try_from(v) {
+        Ok(pb::EntryKind::File) => Ok(EntryKind::File),
+        Ok(pb::EntryKind::Dir) => Ok(EntryKind::Dir),
+        Ok(pb::EntryKind::Symlink) => Ok(EntryKind::Symlink),
+        Ok(pb::EntryKind::Unspecified) | Err(_) => Err(ProtocolError::Enum { field, value: v }),
     }
 }
 
@@ -303,16 +291,6 @@ impl From<EntryKind> for pb::EntryKind {
             EntryKind::Dir => pb::EntryKind::Dir,
             EntryKind::Symlink => pb::EntryKind::Symlink,
         }
-    }
-}
-
-impl fmt::Display for EntryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EntryKind::File => "file",
-            EntryKind::Dir => "dir",
-            EntryKind::Symlink => "symlink",
-        })
     }
 }
 
@@ -352,7 +330,7 @@ pub struct Entry {
 impl TryFrom<pb::Entry> for Entry {
     type Error = ProtocolError;
     fn try_from(e: pb::Entry) -> Result<Entry, ProtocolError> {
-        let kind = EntryKind::from_pb("Entry.kind", e.kind)?;
+        let kind = entry_kind_from_pb("Entry.kind", e.kind)?;
         let symlink_target = match kind {
             EntryKind::Symlink => Some(symlink_target("Entry.symlink_target", e.symlink_target)?),
             _ if !e.symlink_target.is_empty() => {
@@ -1353,23 +1331,14 @@ impl From<pb::CommitResponse> for Tid {
 // =============================================================================================
 // Admin
 
-/// What a PFS does in replication.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PfsRole {
-    /// Accepts writes; may feed slaves.
-    Master,
-    /// A read-only copy of a master.
-    Slave,
-}
+/// What a PFS does in replication (the wire calls it `PfsRole`).
+pub use repl_types::Role as PfsRole;
 
-impl PfsRole {
-    fn from_pb(field: &'static str, v: i32) -> Result<PfsRole, ProtocolError> {
-        match pb::PfsRole::try_from(v) {
-            Ok(pb::PfsRole::Master) => Ok(PfsRole::Master),
-            Ok(pb::PfsRole::Slave) => Ok(PfsRole::Slave),
-            Ok(pb::PfsRole::Unspecified) | Err(_) => Err(ProtocolError::Enum { field, value: v }),
-        }
+fn role_from_pb(field: &'static str, v: i32) -> Result<PfsRole, ProtocolError> {
+    match pb::PfsRole::try_from(v) {
+        Ok(pb::PfsRole::Master) => Ok(PfsRole::Master),
+        Ok(pb::PfsRole::Slave) => Ok(PfsRole::Slave),
+        Ok(pb::PfsRole::Unspecified) | Err(_) => Err(ProtocolError::Enum { field, value: v }),
     }
 }
 
@@ -1378,36 +1347,6 @@ impl From<PfsRole> for pb::PfsRole {
         match r {
             PfsRole::Master => pb::PfsRole::Master,
             PfsRole::Slave => pb::PfsRole::Slave,
-        }
-    }
-}
-
-impl From<PfsRole> for i32 {
-    fn from(r: PfsRole) -> i32 {
-        pb::PfsRole::from(r).into()
-    }
-}
-
-impl fmt::Display for PfsRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PfsRole::Master => "master",
-            PfsRole::Slave => "slave",
-        })
-    }
-}
-
-/// Parses `master` or `slave`.
-impl FromStr for PfsRole {
-    type Err = ProtocolError;
-    fn from_str(s: &str) -> Result<PfsRole, ProtocolError> {
-        match s {
-            "master" => Ok(PfsRole::Master),
-            "slave" => Ok(PfsRole::Slave),
-            _ => Err(ProtocolError::Invalid {
-                field: "role",
-                reason: format!("`{s}` is not a role (use master or slave)"),
-            }),
         }
     }
 }
@@ -1434,7 +1373,7 @@ impl TryFrom<pb::PfsInfo> for PfsInfo {
     fn try_from(p: pb::PfsInfo) -> Result<PfsInfo, ProtocolError> {
         Ok(PfsInfo {
             name: pfs_name("PfsInfo.name", p.name)?,
-            role: PfsRole::from_pb("PfsInfo.role", p.role)?,
+            role: role_from_pb("PfsInfo.role", p.role)?,
             nohistory: p.nohistory,
             shared_uuid: uuid("PfsInfo.shared_uuid", &p.shared_uuid)?,
             head_tid: opt_tid(p.head_tid),
@@ -1447,7 +1386,7 @@ impl From<PfsInfo> for pb::PfsInfo {
     fn from(p: PfsInfo) -> pb::PfsInfo {
         pb::PfsInfo {
             name: p.name.into(),
-            role: p.role.into(),
+            role: pb::PfsRole::from(p.role).into(),
             nohistory: p.nohistory,
             shared_uuid: Bytes::copy_from_slice(p.shared_uuid.as_bytes()),
             head_tid: tid_or_zero(p.head_tid),
@@ -1474,7 +1413,7 @@ impl TryFrom<pb::PfsCreateRequest> for PfsCreateRequest {
     fn try_from(r: pb::PfsCreateRequest) -> Result<PfsCreateRequest, ProtocolError> {
         Ok(PfsCreateRequest {
             name: pfs_name("PfsCreateRequest.name", r.name)?,
-            role: PfsRole::from_pb("PfsCreateRequest.role", r.role)?,
+            role: role_from_pb("PfsCreateRequest.role", r.role)?,
             nohistory: r.nohistory,
             shared_uuid: r
                 .shared_uuid
@@ -1488,7 +1427,7 @@ impl From<PfsCreateRequest> for pb::PfsCreateRequest {
     fn from(r: PfsCreateRequest) -> pb::PfsCreateRequest {
         pb::PfsCreateRequest {
             name: r.name.into(),
-            role: r.role.into(),
+            role: pb::PfsRole::from(r.role).into(),
             nohistory: r.nohistory,
             shared_uuid: r.shared_uuid.map(|u| Bytes::copy_from_slice(u.as_bytes())),
         }

@@ -7,11 +7,14 @@
 //! - [`Tid`]: a transaction id, which is also a wall-clock timestamp in nanoseconds.
 //! - [`PfsName`]: the name of a PFS on a node.
 //! - [`EntryPath`]: a normalized path inside a PFS.
+//! - [`EntryKind`] and [`Role`]: what an entry is, and what a PFS does in replication.
 
+mod kind;
 mod path;
 mod pfs;
 mod tid;
 
+pub use kind::{EntryKind, Role, RoleParseError};
 pub use path::{EntryPath, MAX_NAME_LEN, MAX_PATH_LEN, PathError};
 pub use pfs::{PfsName, PfsNameError};
 pub use tid::{Tid, TidParseError};

@@ -535,6 +535,10 @@ fn open_index(dir: Option<&Path>, rebuild: bool) -> Result<(Arc<dyn IndexStore>,
             Ok((Arc::new(ix), true))
         }
         Ok(ix) => Ok((Arc::new(ix), false)),
+        Err(sled::Error::Io(e)) if crate::index::is_locked(&e) => Err(Error::Index(format!(
+            "the index in {} is locked by another process ({e}); stop it first",
+            dir.display()
+        ))),
         Err(e) => {
             tracing::warn!(index = %dir.display(), error = %e, "the index is unreadable; rebuilding it from the device");
             std::fs::remove_dir_all(dir)

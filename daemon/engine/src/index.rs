@@ -43,7 +43,26 @@ pub(crate) struct SledIndex {
 }
 
 impl SledIndex {
-    pub fn open(dir: &Path) -> Result<SledIndex> {
+    /// Opens the index in `dir`. sled releases its lock file only after its background threads
+    /// have stopped, so an index closed a moment ago (an engine reopened in the same process)
+    /// can still be locked: that is retried for a while, and never taken for corruption.
+    pub fn open(dir: &Path) -> sled::Result<SledIndex> {
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match Self::try_open(dir) {
+                Err(sled::Error::Io(e)) if is_locked(&e) => {
+                    if waited >= std::time::Duration::from_secs(5) {
+                        return Err(sled::Error::Io(e));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    waited += std::time::Duration::from_millis(20);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path) -> sled::Result<SledIndex> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 << 20)
@@ -102,6 +121,11 @@ impl IndexStore for SledIndex {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Whether an error opening sled says another instance holds its lock.
+pub(crate) fn is_locked(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// The in-memory backend, for tests.

@@ -24,34 +24,23 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// Bytes in a record header.
 pub(crate) const RECORD_HEADER: usize = 12;
 
-/// What kind of entry a version is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
+pub use repl_types::EntryKind;
+
+fn kind_code(k: EntryKind) -> u8 {
+    match k {
+        EntryKind::File => 1,
+        EntryKind::Dir => 2,
+        EntryKind::Symlink => 3,
+    }
 }
 
-impl EntryKind {
-    fn code(self) -> u8 {
-        match self {
-            EntryKind::File => 1,
-            EntryKind::Dir => 2,
-            EntryKind::Symlink => 3,
-        }
-    }
-    fn from_code(c: u8) -> Result<EntryKind, DecodeError> {
-        Ok(match c {
-            1 => EntryKind::File,
-            2 => EntryKind::Dir,
-            3 => EntryKind::Symlink,
-            _ => return Err(DecodeError("unknown entry kind")),
-        })
-    }
+fn kind_from_code(c: u8) -> Result<EntryKind, DecodeError> {
+    Ok(match c {
+        1 => EntryKind::File,
+        2 => EntryKind::Dir,
+        3 => EntryKind::Symlink,
+        _ => return Err(DecodeError("unknown entry kind")),
+    })
 }
 
 /// A reference to a chunk of file data, by content.
@@ -101,7 +90,7 @@ impl EntryMeta {
     }
 
     pub(crate) fn encode(&self, e: &mut Enc) {
-        e.u8(self.kind.code())
+        e.u8(kind_code(self.kind))
             .u32(self.mode)
             .i64(self.mtime_ns)
             .u64(self.size)
@@ -113,7 +102,7 @@ impl EntryMeta {
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<EntryMeta, DecodeError> {
-        let kind = EntryKind::from_code(d.u8()?)?;
+        let kind = kind_from_code(d.u8()?)?;
         let mode = d.u32()?;
         let mtime_ns = d.i64()?;
         let size = d.u64()?;
@@ -249,15 +238,7 @@ fn decode_ops(d: &mut Dec<'_>) -> Result<Vec<Op>, DecodeError> {
     Ok(ops)
 }
 
-/// Whether a PFS is written locally or by replication.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Written by local clients; may feed slaves.
-    Master,
-    /// Read-only; written only by replication from its master.
-    Slave,
-}
+pub use repl_types::Role;
 
 /// Where a slave stands inside a TID it has only partly received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use repl_proto::{
-    PfsCreateRequest, PfsDestroyRequest, PfsRole, SnapshotCreateRequest, SnapshotDeleteRequest, pb,
+    PfsCreateRequest, PfsDestroyRequest, SnapshotCreateRequest, SnapshotDeleteRequest, pb,
 };
-use repld_engine::{Engine, PfsInfo, PfsName, PfsOptions, Role};
+use repld_engine::{Engine, PfsInfo, PfsName, PfsOptions};
 use tonic::{Request, Response, Status};
 
 use super::blocking;
@@ -36,10 +36,7 @@ impl AdminService {
 pub(crate) fn pfs_info(p: &PfsInfo) -> pb::PfsInfo {
     repl_proto::PfsInfo {
         name: p.name.clone(),
-        role: match p.role {
-            Role::Master => PfsRole::Master,
-            Role::Slave => PfsRole::Slave,
-        },
+        role: p.role,
         nohistory: p.nohistory,
         shared_uuid: uuid::Uuid::from_bytes(p.shared_uuid),
         head_tid: (p.head != repld_engine::Tid::ZERO).then_some(p.head),
@@ -82,10 +79,7 @@ impl pb::admin_server::Admin for AdminService {
         let r = PfsCreateRequest::try_from(req.into_inner())?;
         let engine = self.engine.clone();
         let opts = PfsOptions {
-            role: match r.role {
-                PfsRole::Master => Role::Master,
-                PfsRole::Slave => Role::Slave,
-            },
+            role: r.role,
             nohistory: r.nohistory,
             shared_uuid: r.shared_uuid.map(|u| *u.as_bytes()),
         };
