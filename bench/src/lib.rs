@@ -14,15 +14,21 @@
 //! - [`machine`]: what the figures were measured on (cores, memory, file system of the data).
 //! - [`report`]: aggregation of repeated runs (median, spread) and the table and JSON output.
 //! - [`fixture`]: fresh engines on image files, as the scenarios use them.
+//! - [`node`]: a real `repld` process and `replctl` commands against it.
+//! - [`tree`]: directory trees to import, generated on disk.
+//! - [`operator`]: `replctl import` and `cp -a` + `sync -f` of a tree, timed side by side.
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`run`].
 
 pub mod data;
 pub mod fixture;
 pub mod machine;
+pub mod node;
+pub mod operator;
 pub mod report;
 pub mod scenario;
 pub mod scenarios;
+pub mod tree;
 
 use std::path::PathBuf;
 

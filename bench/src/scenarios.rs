@@ -3,10 +3,15 @@
 //! - [`commit_rate`]: commits/s of 4 KiB files with 1 and 16 writers (issue 2).
 //! - [`large_write`]: large-file write throughput against a plain write + `fdatasync` (issue 2).
 //! - [`index_rebuild`]: index rebuild time per GiB of log (issue 2).
+//! - [`import_throughput`]: `replctl import` of a mixed tree into a running node vs `cp -a`
+//!   (issue 3).
+//! - [`import_small_files`]: files/s of `replctl import` of 4 KiB files (issue 3).
 //!
 //! A new scenario is a module here plus one line in [`registry`].
 
 pub mod commit_rate;
+pub mod import_small_files;
+pub mod import_throughput;
 pub mod index_rebuild;
 pub mod large_write;
 
@@ -18,6 +23,8 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(commit_rate::CommitRate),
         Box::new(large_write::LargeWrite),
         Box::new(index_rebuild::IndexRebuild),
+        Box::new(import_throughput::ImportThroughput),
+        Box::new(import_small_files::ImportSmallFiles),
     ]
 }
 

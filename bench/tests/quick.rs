@@ -1,5 +1,7 @@
-//! The harness runs end to end in quick mode: the binary, a real engine, a scratch directory.
+//! The harness runs end to end in quick mode: the binary, a real engine, a scratch directory,
+//! and for the import scenarios real `repld` and `replctl` processes.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 fn bench() -> Command {
@@ -84,6 +86,90 @@ fn an_unknown_scenario_is_refused_with_the_known_names() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("no-such-thing") && stderr.contains("commit-rate"),
+        "{stderr}"
+    );
+}
+
+/// The directory `repld` and `replctl` are looked up in: beside `repl-bench`.
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_repl-bench"))
+        .parent()
+        .expect("repl-bench is in a directory")
+        .to_owned()
+}
+
+#[test]
+fn quick_import_scenarios_run_a_real_node_and_cp_and_clean_up() {
+    let bins = bin_dir();
+    if !bins.join("repld").is_file() || !bins.join("replctl").is_file() {
+        eprintln!(
+            "skipped: repld and replctl are not in {} (build them with the same profile and \
+             CARGO_TARGET_DIR: cargo build -p repld -p replctl)",
+            bins.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench()
+        .args(["--quick", "--json"])
+        .args([
+            "-s",
+            "import-throughput",
+            "-s",
+            "import-small-files",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run repl-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let figure = |scenario: usize, name: &str| {
+        v["scenarios"][scenario]["figures"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no figure `{name}` in {v}"))
+    };
+    assert_eq!(v["scenarios"][0]["name"], "import-throughput");
+    for name in [
+        "import: replctl import",
+        "cp: cp -a + sync -f",
+        "import / cp",
+    ] {
+        assert!(figure(0, name)["median"].as_f64().is_some_and(|m| m > 0.0));
+    }
+    let ratio = figure(0, "import / cp");
+    assert_eq!(ratio["target"]["at_least"], 0.7, "{ratio}");
+    assert!(ratio["verdict"].is_string(), "{ratio}");
+    assert!(figure(0, "import: transactions")["median"].as_f64() >= Some(1.0));
+    assert_eq!(v["scenarios"][1]["name"], "import-small-files");
+    assert_eq!(figure(1, "import: replctl import")["unit"], "files/s");
+    assert!(figure(1, "import: replctl import")["median"].as_f64() > Some(0.0));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read the data dir")
+        .collect();
+    assert!(left.is_empty(), "the harness left data behind: {left:?}");
+}
+
+#[test]
+fn import_scenarios_without_the_binaries_say_how_to_build_them() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench()
+        .env("REPL_BENCH_BIN_DIR", empty.path())
+        .args(["--quick", "-s", "import-small-files", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run repl-bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("build them: cargo build --release -p repld -p replctl"),
         "{stderr}"
     );
 }
