@@ -281,7 +281,11 @@ mod tests {
                 .check(&cert("ops"), "/repld.v1.Admin/PfsCreate")
                 .is_ok()
         );
-        assert!(policy().check(&cert("ops"), "/repld.v1.Storage/Put").is_ok());
+        assert!(
+            policy()
+                .check(&cert("ops"), "/repld.v1.Storage/Put")
+                .is_ok()
+        );
     }
 
     #[test]
