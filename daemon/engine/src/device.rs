@@ -353,6 +353,32 @@ impl Device {
         }
     }
 
+    /// Starts write-back of `len` bytes at `offset` and returns without waiting for it
+    /// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`). It makes nothing durable: it is a hint,
+    /// so that the next [`Device::sync`] finds those pages already written or on their way
+    /// instead of writing all of a large transaction at once. A failed write-back is reported by
+    /// that sync, as the kernel keeps a file's write-back errors for its next `fdatasync`; this
+    /// call's own error (for example on a file system without support) is therefore only logged.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd as _;
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range reads no memory of ours; it takes a file descriptor this
+        // device owns (open for the whole call, as `self` is borrowed) and plain integers.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                device = %self.path.display(),
+                "sync_file_range failed; the next fdatasync writes everything"
+            );
+        }
+    }
+
     /// Makes everything written so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<()> {
         self.file

@@ -693,9 +693,9 @@ pub struct Committed {
 }
 
 /// Chunk bytes a transaction buffers before sending them ahead to the writer.
-const SEND_AHEAD: usize = 8 << 20;
+pub(crate) const SEND_AHEAD: usize = 8 << 20;
 /// Chunk batches a transaction may have in flight.
-const MAX_INFLIGHT: usize = 4;
+pub(crate) const MAX_INFLIGHT: usize = 4;
 
 impl Txn {
     /// Adds a file with the content read from `data` (streamed, in chunks). Returns its size.
@@ -703,20 +703,26 @@ impl Txn {
         check_mode(path, attrs.mode)?;
         let mut refs = Vec::new();
         let mut size = 0u64;
+        let shared = Arc::clone(&self.engine.inner.shared);
+        let bufs = &shared.chunk_bufs;
         loop {
             // Read straight into the record that will go to the device: no copy of the data.
-            let mut rec = vec![0u8; CHUNK_DATA_OFFSET + CHUNK_SIZE];
-            let n = read_full(data, &mut rec[CHUNK_DATA_OFFSET..])
+            let mut buf = bufs.take();
+            let n = read_full(data, &mut buf[CHUNK_DATA_OFFSET..])
                 .map_err(|e| Error::io(format!("read the content of `{path}`"), e))?;
             if n == 0 {
+                bufs.give(buf);
                 break;
             }
-            let (cref, mut rec) = frame_chunk_in_place(rec, n);
-            if n < CHUNK_SIZE {
-                // A short last chunk (every small file's only one) must not keep 1 MiB of
-                // capacity while it waits in the transaction.
-                rec.shrink_to_fit();
-            }
+            let (cref, rec) = if n < CHUNK_SIZE {
+                // A short last chunk (every small file's only one) goes into a buffer of its own
+                // size, so that it does not hold 1 MiB while it waits in the transaction.
+                let framed = frame_chunk_in_place(buf[..CHUNK_DATA_OFFSET + n].to_vec(), n);
+                bufs.give(buf);
+                framed
+            } else {
+                frame_chunk_in_place(buf, n)
+            };
             refs.push(cref);
             size += n as u64;
             self.chunk_bytes += rec.len();

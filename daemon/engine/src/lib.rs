@@ -13,7 +13,7 @@
 //! - `schema`: key layout and typed values of the index.
 //! - `apply`: how a record changes the index (used by the writer and by replay alike).
 //! - `exec`: validation of transactions, replicated changes and catalog commands.
-//! - `writer`: the group-commit writer thread.
+//! - `writer`: the group-commit writer thread; `bufpool`: the chunk buffers it recycles.
 //! - [`Engine`] (`engine`) and its reads (`read`): the public API.
 //! - `export`: deterministic tar export of a PFS at a TID.
 //! - [`fsck`]: offline checks of a device.
@@ -21,6 +21,7 @@
 //! The engine's API is blocking; async callers use `spawn_blocking`.
 
 mod apply;
+mod bufpool;
 mod codec;
 pub mod device;
 mod engine;

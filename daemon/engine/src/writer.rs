@@ -9,6 +9,9 @@
 //!
 //! Work that needs no durability by itself (the data chunks of a large file, sent ahead of its
 //! commit) is written without an fsync; its index changes wait in `pending` until the next fsync.
+//! Its write-back is started at once (`sync_file_range`), so that the disk writes a large file
+//! while the rest of it is still being read and hashed, and the commit's fsync only waits for the
+//! tail. Chunk buffers go back to a pool ([`crate::bufpool`]) once written.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ use repl_types::Tid;
 use tokio::sync::watch;
 
 use crate::apply::apply_record;
+use crate::bufpool::ChunkBufs;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::exec::{self, Intent, PfsCommand};
@@ -121,6 +125,8 @@ pub(crate) struct Shared {
     pub poisoned: Mutex<Option<String>>,
     pub heads: Mutex<HashMap<u32, watch::Sender<Tid>>>,
     pub stats: Stats,
+    /// Chunk buffers for reuse: taken by `put_file`, given back once written.
+    pub chunk_bufs: ChunkBufs,
 }
 
 impl Shared {
@@ -316,7 +322,17 @@ impl Writer {
             bufs.extend(u.body.pieces.iter().map(Vec::as_slice));
             bufs.push(&zeros[..pad]);
             self.dev.write_vectored_at(&bufs, u.device_offset)?;
-            bytes += (head.len() + u.body.len + pad) as u64;
+            let len = (head.len() + u.body.len + pad) as u64;
+            if !sync {
+                // Data sent ahead of its commit (a large file's chunks): let the disk work on it
+                // while the rest is produced, so the commit's fdatasync has only the tail left.
+                self.dev.start_writeback(u.device_offset, len);
+            }
+            bytes += len;
+            drop(bufs);
+            for piece in u.body.pieces {
+                self.shared.chunk_bufs.give(piece);
+            }
         }
         let stats = &self.shared.stats;
         stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
