@@ -16,6 +16,7 @@
 //! - `writer`: the group-commit writer thread; `bufpool`: the chunk buffers it recycles.
 //! - [`Engine`] (`engine`) and its reads (`read`): the public API.
 //! - `export`: deterministic tar export of a PFS at a TID.
+//! - `digest`: the canonical Merkle digest of a PFS at a TID, which `verify` compares.
 //! - [`fsck`]: offline checks of a device.
 //!
 //! The engine's API is blocking; async callers use `spawn_blocking`.
@@ -24,6 +25,7 @@ mod apply;
 mod bufpool;
 mod codec;
 pub mod device;
+mod digest;
 mod engine;
 mod error;
 mod exec;
@@ -37,6 +39,7 @@ mod schema;
 mod writer;
 
 pub use device::{Device, FormatOptions, Superblock};
+pub use digest::{ChildDigest, DIGEST_DOMAIN, PfsDigest};
 pub use engine::{
     ApplyBatch, Attrs, Checkpoint, Committed, Engine, EngineOptions, PfsInfo, PfsOptions,
     SpaceInfo, Txn,
