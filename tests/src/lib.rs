@@ -7,10 +7,13 @@
 //! - [`child`]: a child process that is killed when the test drops it, with its output lines.
 //! - [`node`]: a real `repld` process on a temporary directory ([`node::TestNode`]), its
 //!   certificates, the workspace binaries, and what a node stores ([`node::StoredState`]).
+//! - [`proxy`]: a fault-injecting TCP proxy to put between two nodes ([`proxy::FaultProxy`]):
+//!   cut, stall, refuse, truncate, corrupt or slow the link on demand.
 //! - [`tree`]: generated directory trees (odd names, modes, nanosecond mtimes, symlinks) and
 //!   comparing two trees entry by entry, with `diff -r` beside.
 
 pub mod child;
 pub mod node;
+pub mod proxy;
 pub mod tree;
 pub mod workload;
