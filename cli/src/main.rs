@@ -33,6 +33,7 @@ mod node;
 mod output;
 mod pfs;
 mod progress;
+mod replication;
 mod snapshot;
 mod target;
 
@@ -43,8 +44,7 @@ use output::Output;
 const EXIT_ERROR: u8 = 1;
 /// Exit code: bad usage (arguments).
 const EXIT_USAGE: u8 = 2;
-/// Exit code: `verify` found a mismatch (reserved for the replication commands).
-#[allow(dead_code)]
+/// Exit code: `verify` found a mismatch.
 pub const EXIT_MISMATCH: u8 = 3;
 
 /// replctl: operate repld storage nodes.
@@ -103,6 +103,18 @@ enum Command {
     Export(export::ExportArgs),
     /// Certificates for mutual TLS between nodes and admins.
     Certs(certs::CertsArgs),
+    /// Pair a master PFS with a slave PFS on another node; streaming starts at once.
+    ///
+    /// Example: replctl pair node1:data node2:data --bandwidth 50MiB
+    Pair(replication::PairArgs),
+    /// Remove a pairing on both nodes.
+    Unpair(replication::UnpairArgs),
+    /// Replication status: one row per pairing this node feeds, and per slave it holds.
+    Status(replication::StatusArgs),
+    /// Wait until a slave has the master's head as of now.
+    WaitSync(replication::WaitSyncArgs),
+    /// Prove a slave equals its master: compare Merkle digests at a TID (exit 3 on a mismatch).
+    Verify(replication::VerifyArgs),
 }
 
 /// What every command gets: how to print, and how to reach nodes.
@@ -169,6 +181,11 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
         Command::Import(a) => import::run(ctx, a).await,
         Command::Export(a) => export::run(ctx, a).await,
+        Command::Pair(a) => replication::pair(ctx, a).await,
+        Command::Unpair(a) => replication::unpair(ctx, a).await,
+        Command::Status(a) => replication::status(ctx, a).await,
+        Command::WaitSync(a) => replication::wait_sync(ctx, a).await,
+        Command::Verify(a) => replication::verify(ctx, a).await,
         Command::Certs(_) => unreachable!("handled before the runtime starts"),
     }
 }
@@ -193,6 +210,10 @@ pub async fn interrupted() {
 fn report(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Reported>().is_some() {
         return EXIT_ERROR;
+    }
+    if let Some(m) = e.downcast_ref::<replication::Mismatch>() {
+        eprintln!("replctl: {m}");
+        return EXIT_MISMATCH;
     }
     if let Some(ClientError::Output(io)) = e.downcast_ref::<ClientError>()
         && io.kind() == std::io::ErrorKind::BrokenPipe

@@ -72,6 +72,32 @@ pub struct Config {
 
     /// Limits on what clients and peers may ask of the server.
     pub limits: LimitsConfig,
+
+    /// Replication streams.
+    pub replication: ReplicationConfig,
+}
+
+/// How this node's replication streams behave. Pairings themselves are made with
+/// `replctl pair` and kept in `data_dir/replication.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// A cap on the bytes per second that all pairings together send, on top of each pairing's
+    /// own `--bandwidth`. Default: none.
+    pub node_bandwidth: Option<ByteSize>,
+
+    /// A stream whose sent batches get no acknowledgement for this long is reset and
+    /// reconnected. Default: `30s`.
+    pub stall_timeout: HumanDuration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            node_bandwidth: None,
+            stall_timeout: HumanDuration::secs(30),
+        }
+    }
 }
 
 /// One device: a block device, or an image file that stands in for one.
@@ -163,6 +189,7 @@ impl Default for Config {
             shutdown_timeout: HumanDuration::secs(30),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }

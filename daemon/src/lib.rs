@@ -17,6 +17,7 @@
 //!
 //! - [`node`]: opening the storage engine from the config; `repld format` and `repld fsck`.
 //! - [`service`]: the Storage and Admin gRPC services over the engine.
+//! - [`replication`]: the pairings this node feeds and accepts, and the Replication service.
 //!
 //! [`run`] opens the engine, registers its services on [`Services`] (one line each), and closes
 //! the engine with [`Daemon::on_shutdown`] once the servers have drained; long-lived work (the
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod node;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod signals;
@@ -43,7 +45,10 @@ pub use tokio_util::sync::CancellationToken;
 /// Returns an error if start-up fails (with the setting at fault named), if an essential task
 /// dies, or if flushing fails; the caller exits non-zero then.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    use repl_proto::pb::{admin_server::AdminServer, storage_server::StorageServer};
+    use repl_proto::pb::{
+        admin_server::AdminServer, replication_server::ReplicationServer,
+        storage_server::StorageServer,
+    };
 
     let engine = {
         let config = config.clone();
@@ -55,9 +60,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     services.add_file_descriptor_set(repl_proto::FILE_DESCRIPTOR_SET);
     let limit = services.max_message_bytes();
     let storage = service::StorageService::new(engine.clone(), shutdown.clone());
-    let admin = service::AdminService::new(engine.clone(), config.node_name.clone(), device);
+    let replication =
+        replication::Replication::start(engine.clone(), &config, shutdown.child_token()).await?;
+    let admin = service::AdminService::new(
+        engine.clone(),
+        config.node_name.clone(),
+        device,
+        std::sync::Arc::clone(&replication),
+    );
+    let receiver = replication::ReplicationService::new(replication.sink.clone());
     services.add_admin_service(with_message_limits!(StorageServer::new(storage), limit));
     services.add_admin_service(with_message_limits!(AdminServer::new(admin), limit));
+    services.add_peer_service(with_message_limits!(
+        ReplicationServer::new(receiver),
+        limit
+    ));
+    services.long_running("/repld.v1.Replication/");
     services.long_running("/repld.v1.Storage/Import");
     services.long_running("/repld.v1.Storage/Put");
     services.long_running("/repld.v1.Storage/Export");

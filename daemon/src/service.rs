@@ -2,6 +2,7 @@
 //!
 //! - [`storage`]: the Storage service (put, get, list, import, export, ...).
 //! - [`admin`]: the Admin service (node info, PFS lifecycle, snapshots, fsck).
+//! - `pairing`: the Admin calls of replication (pair, unpair, status, digests).
 //! - `import`: the Import worker, which turns a stream of operations into bounded transactions.
 //!
 //! Engine calls block on disk I/O, so handlers run them with [`blocking`]; streams are fed from
@@ -10,6 +11,7 @@
 
 pub mod admin;
 mod import;
+mod pairing;
 pub mod storage;
 
 use std::io::{Read, Write};

@@ -187,6 +187,9 @@ pub struct NodeOptions {
     pub plaintext: bool,
     /// `shutdown_timeout`.
     pub shutdown_timeout: String,
+    /// Use the certificates in this directory (made by another node's `replctl certs init`,
+    /// so both share a CA) instead of making new ones.
+    pub shared_certs: Option<PathBuf>,
 }
 
 impl Default for NodeOptions {
@@ -199,6 +202,7 @@ impl Default for NodeOptions {
             max_message_bytes: None,
             plaintext: false,
             shutdown_timeout: "20s".to_owned(),
+            shared_certs: None,
         }
     }
 }
@@ -242,7 +246,12 @@ impl TestNode {
             .chain(opts.other_nodes.iter().map(String::as_str))
             .collect();
         let admins: Vec<&str> = opts.admins.iter().map(String::as_str).collect();
-        let certs = Certs::init(&dir.path().join("tls"), &nodes, &admins)?;
+        let certs = match &opts.shared_certs {
+            Some(shared) => Certs {
+                dir: shared.clone(),
+            },
+            None => Certs::init(&dir.path().join("tls"), &nodes, &admins)?,
+        };
         let config = dir.path().join("repld.toml");
         let node = TestNode {
             log: dir.path().join("repld.log"),

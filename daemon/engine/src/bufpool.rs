@@ -75,7 +75,8 @@ mod tests {
         assert_eq!(buf.len(), CHUNK_RECORD_LEN);
         let addr = buf.as_ptr();
         pool.give(buf);
-        assert_eq!(pool.take().as_ptr(), addr, "the buffer was not reused");
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), addr, "the buffer was not reused");
     }
 
     #[test]

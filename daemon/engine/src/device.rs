@@ -102,7 +102,7 @@ impl Superblock {
         }
         if data_start != DATA_START
             || sb.segment_size < MIN_SEGMENT_SIZE
-            || sb.segment_size % BLOCK != 0
+            || !sb.segment_size.is_multiple_of(BLOCK)
         {
             return Err("impossible geometry");
         }
@@ -179,7 +179,7 @@ impl Device {
             });
         }
         let segment_size = opts.segment_size.unwrap_or_else(|| auto_segment_size(size));
-        if segment_size < MIN_SEGMENT_SIZE || segment_size % BLOCK != 0 {
+        if segment_size < MIN_SEGMENT_SIZE || !segment_size.is_multiple_of(BLOCK) {
             return Err(Error::Invalid(format!(
                 "segment size {segment_size} must be a multiple of 4096 and at least {MIN_SEGMENT_SIZE}"
             )));
@@ -566,7 +566,7 @@ mod tests {
         );
         let dev = Device::open(&path).expect("open");
         assert_eq!(dev.superblock(), &sb);
-        assert_eq!(sb.slot_count, (64 - 1) / 4 - 0);
+        assert_eq!(sb.slot_count, (64 - 1) / 4);
     }
 
     #[test]

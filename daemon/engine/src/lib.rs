@@ -38,6 +38,7 @@ pub mod record;
 mod schema;
 mod writer;
 
+pub use codec::DecodeError;
 pub use device::{Device, FormatOptions, Superblock};
 pub use digest::{ChildDigest, DIGEST_DOMAIN, PfsDigest};
 pub use engine::{

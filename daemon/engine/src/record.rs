@@ -194,6 +194,29 @@ impl Change {
     }
 }
 
+impl Change {
+    /// The change as the replication stream carries it: TID, chain and ops, encoded as in a
+    /// commit record but without the PFS id, which is local to each node. Integrity on the wire
+    /// comes from the stream's checksums; [`Change::decode`] checks only the structure, and the
+    /// slave's apply checks the history chain.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u64(self.tid.get()).raw(&self.chain);
+        encode_ops(&mut e, &self.ops);
+        e.finish()
+    }
+
+    /// Decodes [`Change::encode`]'s output; refuses trailing bytes and invalid paths.
+    pub fn decode(buf: &[u8]) -> Result<Change, DecodeError> {
+        let mut d = Dec::new(buf);
+        let tid = Tid(d.u64()?);
+        let chain = d.hash()?;
+        let ops = decode_ops(&mut d)?;
+        d.end()?;
+        Ok(Change { tid, chain, ops })
+    }
+}
+
 fn encode_ops(e: &mut Enc, ops: &[Op]) {
     e.u32(u32::try_from(ops.len()).expect("op count is bounded by the commit size limit"));
     for op in ops {

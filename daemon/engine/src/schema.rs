@@ -98,7 +98,7 @@ pub(crate) fn children_range(pfs: u32, dir: &EntryPath) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Splits a `V` key of a child of `dir` into its name and create TID.
-fn split_child_key<'k>(key: &'k [u8], prefix_len: usize) -> Result<(&'k str, Tid), DecodeError> {
+fn split_child_key(key: &[u8], prefix_len: usize) -> Result<(&str, Tid), DecodeError> {
     let rest = key
         .get(prefix_len..)
         .ok_or(DecodeError("short version key"))?;

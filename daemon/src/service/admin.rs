@@ -1,6 +1,7 @@
 //! The Admin service: node information, PFS lifecycle, snapshots, and the online fsck.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use repl_proto::{
@@ -9,7 +10,8 @@ use repl_proto::{
 use repld_engine::{Engine, PfsInfo, PfsName, PfsOptions};
 use tonic::{Request, Response, Status};
 
-use super::blocking;
+use super::{blocking, pairing};
+use crate::replication::Replication;
 
 /// The Admin service over one engine.
 #[derive(Clone)]
@@ -18,16 +20,23 @@ pub struct AdminService {
     node_name: String,
     device: PathBuf,
     started: Instant,
+    replication: Arc<Replication>,
 }
 
 impl AdminService {
     /// Serves `engine`, which owns `device`, as node `node_name`.
-    pub fn new(engine: Engine, node_name: String, device: PathBuf) -> AdminService {
+    pub fn new(
+        engine: Engine,
+        node_name: String,
+        device: PathBuf,
+        replication: Arc<Replication>,
+    ) -> AdminService {
         AdminService {
             engine,
             node_name,
             device,
             started: Instant::now(),
+            replication,
         }
     }
 }
@@ -204,5 +213,68 @@ impl pb::admin_server::Admin for AdminService {
             bytes_checked: r.payload_bytes,
             problems,
         }))
+    }
+
+    async fn pair_accept(
+        &self,
+        req: Request<pb::PairAcceptRequest>,
+    ) -> Result<Response<pb::PairAcceptResponse>, Status> {
+        pairing::accept(&self.engine, &self.replication, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pair_create(
+        &self,
+        req: Request<pb::PairCreateRequest>,
+    ) -> Result<Response<pb::PairCreateResponse>, Status> {
+        pairing::create(&self.replication, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn unpair(
+        &self,
+        req: Request<pb::UnpairRequest>,
+    ) -> Result<Response<pb::UnpairResponse>, Status> {
+        pairing::unpair(&self.replication, req.into_inner()).map(Response::new)
+    }
+
+    async fn pair_set(
+        &self,
+        req: Request<pb::PairSetRequest>,
+    ) -> Result<Response<pb::PairSetResponse>, Status> {
+        let r = req.into_inner();
+        let bandwidth = (r.bandwidth > 0).then_some(r.bandwidth);
+        self.replication
+            .set_bandwidth(&r.master_pfs, &r.slave_node, &r.slave_pfs, bandwidth)?;
+        Ok(Response::new(pb::PairSetResponse {}))
+    }
+
+    async fn replication_status(
+        &self,
+        _: Request<pb::ReplicationStatusRequest>,
+    ) -> Result<Response<pb::ReplicationStatusResponse>, Status> {
+        pairing::status(&self.engine, &self.replication)
+            .await
+            .map(Response::new)
+    }
+
+    async fn digest(
+        &self,
+        req: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        pairing::digest(&self.engine, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn digest_dir(
+        &self,
+        req: Request<pb::DigestDirRequest>,
+    ) -> Result<Response<pb::DigestDirResponse>, Status> {
+        pairing::digest_dir(&self.engine, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

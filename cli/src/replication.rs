@@ -1,0 +1,535 @@
+//! `replctl pair`, `unpair`, `status`, `wait-sync` and `verify`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use repl_proto::{Endpoint, pb};
+use repl_types::Tid;
+use serde::Serialize;
+
+use crate::target::Target;
+use crate::{Ctx, UsageError};
+
+/// `verify` found a difference (exit 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(pub String);
+
+fn parse_tid(s: &str) -> Result<Tid, String> {
+    s.parse::<Tid>().map_err(|e| e.to_string())
+}
+
+/// `replctl pair MASTER SLAVE`.
+#[derive(Debug, clap::Args)]
+pub struct PairArgs {
+    /// NODE:PFS of the master.
+    #[arg(value_parser = Target::parse)]
+    pub master: Target,
+    /// NODE:PFS of the slave (created as a slave of the master if absent).
+    #[arg(value_parser = Target::parse)]
+    pub slave: Target,
+    /// Bytes per second on the wire, such as 4MiB [default: unlimited].
+    #[arg(long, value_parser = crate::output::parse_size, value_name = "RATE")]
+    pub bandwidth: Option<u64>,
+    /// Where the master reaches the slave's node [default: the slave's endpoint in the replctl
+    /// config].
+    #[arg(long, value_name = "URL")]
+    pub slave_endpoint: Option<String>,
+}
+
+/// `replctl unpair MASTER SLAVE`.
+#[derive(Debug, clap::Args)]
+pub struct UnpairArgs {
+    /// NODE:PFS of the master.
+    #[arg(value_parser = Target::parse)]
+    pub master: Target,
+    /// NODE:PFS of the slave.
+    #[arg(value_parser = Target::parse)]
+    pub slave: Target,
+}
+
+/// `replctl status [NODE]`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The node whose pairings to show (a node name from the replctl config).
+    pub node: Option<String>,
+    /// Redraw every N seconds until interrupted.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+}
+
+/// `replctl wait-sync MASTER SLAVE`.
+#[derive(Debug, clap::Args)]
+pub struct WaitSyncArgs {
+    /// NODE:PFS of the master.
+    #[arg(value_parser = Target::parse)]
+    pub master: Target,
+    /// NODE:PFS of the slave.
+    #[arg(value_parser = Target::parse)]
+    pub slave: Target,
+    /// Give up after this many seconds (exit 1).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+
+/// `replctl verify MASTER SLAVE`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// NODE:PFS of the master.
+    #[arg(value_parser = Target::parse)]
+    pub master: Target,
+    /// NODE:PFS of the slave.
+    #[arg(value_parser = Target::parse)]
+    pub slave: Target,
+    /// The TID to compare at [default: the slave's synced TID].
+    #[arg(long, value_parser = parse_tid, value_name = "TID")]
+    pub at: Option<Tid>,
+    /// Re-read and re-hash every byte on both sides (finds silent corruption).
+    #[arg(long)]
+    pub deep: bool,
+    /// Name at most this many differing paths.
+    #[arg(long, default_value_t = 20)]
+    pub max_paths: usize,
+}
+
+async fn admin(
+    ctx: &Ctx,
+    t: &Target,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    Ok(ctx.nodes.admin(t.node.as_ref()).await?.into_inner())
+}
+
+/// Pairs: the slave's node accepts the master (creating the slave PFS), then the master's node
+/// stores the pairing and starts streaming.
+pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
+    let mut m = admin(ctx, &a.master).await?;
+    let mut s = admin(ctx, &a.slave).await?;
+    let master_node = m
+        .node_info(pb::NodeInfoRequest {})
+        .await?
+        .into_inner()
+        .node_name;
+    let slave_node = s
+        .node_info(pb::NodeInfoRequest {})
+        .await?
+        .into_inner()
+        .node_name;
+    let slave_endpoint = match a.slave_endpoint {
+        Some(u) => u,
+        None => match ctx.nodes.resolve(a.slave.node.as_ref())?.endpoint {
+            Endpoint::Https { uri, .. } => format!("https://{}", uri.authority().map_or("", |x| x.as_str())),
+            Endpoint::Http(uri) => format!("http://{}", uri.authority().map_or("", |x| x.as_str())),
+            Endpoint::Unix(_) => bail!(UsageError(
+                "the slave is reached over its admin socket here: give --slave-endpoint https://HOST:PORT so the master can reach it".into()
+            )),
+        },
+    };
+    let info = m
+        .pfs_status(pb::PfsStatusRequest {
+            name: a.master.pfs.to_string(),
+        })
+        .await
+        .context("look up the master PFS")?
+        .into_inner();
+    let shared_uuid = info.pfs.map(|p| p.shared_uuid).unwrap_or_default();
+    let accepted = s
+        .pair_accept(pb::PairAcceptRequest {
+            slave_pfs: a.slave.pfs.to_string(),
+            master_node: master_node.clone(),
+            master_pfs: a.master.pfs.to_string(),
+            shared_uuid,
+        })
+        .await
+        .context("the slave's node refused the pairing")?
+        .into_inner();
+    m.pair_create(pb::PairCreateRequest {
+        master_pfs: a.master.pfs.to_string(),
+        slave_node: slave_node.clone(),
+        slave_endpoint: slave_endpoint.clone(),
+        slave_pfs: a.slave.pfs.to_string(),
+        bandwidth: a.bandwidth.unwrap_or(0),
+    })
+    .await
+    .context("the master's node refused the pairing")?;
+    if !ctx.quiet {
+        eprintln!(
+            "paired {master_node}:{} -> {slave_node}:{} at {slave_endpoint}{}; streaming starts now. Watch it with `replctl status {}`.",
+            a.master.pfs,
+            a.slave.pfs,
+            if accepted.created {
+                " (slave PFS created)"
+            } else {
+                ""
+            },
+            a.master
+                .node
+                .as_ref()
+                .map_or(String::new(), |n| n.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// Unpairs on both nodes.
+pub async fn unpair(ctx: &Ctx, a: UnpairArgs) -> Result<()> {
+    let mut m = admin(ctx, &a.master).await?;
+    let mut s = admin(ctx, &a.slave).await?;
+    let master_node = m
+        .node_info(pb::NodeInfoRequest {})
+        .await?
+        .into_inner()
+        .node_name;
+    let slave_node = s
+        .node_info(pb::NodeInfoRequest {})
+        .await?
+        .into_inner()
+        .node_name;
+    let on_master = m
+        .unpair(pb::UnpairRequest {
+            master_pfs: a.master.pfs.to_string(),
+            slave_node,
+            slave_pfs: a.slave.pfs.to_string(),
+            master_node: String::new(),
+        })
+        .await?
+        .into_inner()
+        .removed;
+    let on_slave = s
+        .unpair(pb::UnpairRequest {
+            master_pfs: a.master.pfs.to_string(),
+            slave_node: String::new(),
+            slave_pfs: a.slave.pfs.to_string(),
+            master_node,
+        })
+        .await?
+        .into_inner()
+        .removed;
+    if !on_master && !on_slave {
+        bail!("{} and {} were not paired", a.master.pfs, a.slave.pfs);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct StatusJson {
+    pairings: Vec<PairingJson>,
+    slaves: Vec<SlaveJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct PairingJson {
+    master: String,
+    slave: String,
+    state: String,
+    synced_tid: String,
+    synced_time: String,
+    head_tid: String,
+    lag_seconds: f64,
+    rate_bytes_per_second: f64,
+    bytes_sent: u64,
+    bytes_resent: u64,
+    batches_sent: u64,
+    reconnects: u64,
+    bandwidth: Option<u64>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlaveJson {
+    slave: String,
+    masters: Vec<String>,
+    synced_tid: String,
+    master_head_tid: String,
+    lag_seconds: f64,
+    batches_applied: u64,
+    batches_rejected: u64,
+}
+
+/// Shows the pairings a node feeds and the slaves it holds.
+pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<()> {
+    let node = a
+        .node
+        .as_deref()
+        .map(crate::target::NodeName::new)
+        .transpose()
+        .map_err(|e| anyhow!(UsageError(e.to_string())))?;
+    loop {
+        let mut admin = ctx.nodes.admin(node.as_ref()).await?.into_inner();
+        let r = admin
+            .replication_status(pb::ReplicationStatusRequest {})
+            .await?
+            .into_inner();
+        let json = StatusJson {
+            pairings: r
+                .pairings
+                .iter()
+                .map(|p| PairingJson {
+                    master: p.master_pfs.clone(),
+                    slave: format!("{}:{}", p.slave_node, p.slave_pfs),
+                    state: p.state.clone(),
+                    synced_tid: Tid(p.synced_tid).to_string(),
+                    synced_time: Tid(p.synced_tid).to_rfc3339(),
+                    head_tid: Tid(p.head_tid).to_string(),
+                    lag_seconds: p.lag_seconds,
+                    rate_bytes_per_second: p.rate,
+                    bytes_sent: p.bytes_sent,
+                    bytes_resent: p.bytes_resent,
+                    batches_sent: p.batches_sent,
+                    reconnects: p.reconnects,
+                    bandwidth: (p.bandwidth > 0).then_some(p.bandwidth),
+                    last_error: (!p.last_error.is_empty()).then(|| p.last_error.clone()),
+                })
+                .collect(),
+            slaves: r
+                .slaves
+                .iter()
+                .map(|s| SlaveJson {
+                    slave: s.slave_pfs.clone(),
+                    masters: s.master_nodes.clone(),
+                    synced_tid: Tid(s.synced_tid).to_string(),
+                    master_head_tid: Tid(s.master_head_tid).to_string(),
+                    lag_seconds: s.lag_seconds,
+                    batches_applied: s.batches_applied,
+                    batches_rejected: s.batches_rejected,
+                })
+                .collect(),
+        };
+        if ctx.out.json {
+            println!("{}", serde_json::to_string(&json)?);
+        } else {
+            print_status(&json);
+        }
+        let Some(every) = a.watch else { return Ok(()) };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+            () = crate::interrupted() => return Ok(()),
+        }
+    }
+}
+
+fn print_status(s: &StatusJson) {
+    if s.pairings.is_empty() && s.slaves.is_empty() {
+        println!("no pairings on this node: pair with `replctl pair NODE:PFS NODE:PFS`");
+        return;
+    }
+    for p in &s.pairings {
+        println!(
+            "{} -> {}  {}  synced {} ({})  lag {:.1}s  {:.1} MiB/s  sent {} B  reconnects {}{}",
+            p.master,
+            p.slave,
+            p.state,
+            p.synced_tid,
+            p.synced_time,
+            p.lag_seconds,
+            p.rate_bytes_per_second / f64::from(1 << 20),
+            p.bytes_sent,
+            p.reconnects,
+            p.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!("  last error: {e}"))
+        );
+    }
+    for v in &s.slaves {
+        println!(
+            "{} <- {}  synced {}  master head {}  lag {:.1}s  applied {}  rejected {}",
+            v.slave,
+            v.masters.join(","),
+            v.synced_tid,
+            v.master_head_tid,
+            v.lag_seconds,
+            v.batches_applied,
+            v.batches_rejected
+        );
+    }
+}
+
+/// Waits until the slave has the master's head as of the call.
+pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
+    let mut m = admin(ctx, &a.master).await?;
+    let mut s = admin(ctx, &a.slave).await?;
+    let head = m
+        .pfs_status(pb::PfsStatusRequest {
+            name: a.master.pfs.to_string(),
+        })
+        .await?
+        .into_inner()
+        .pfs
+        .map_or(0, |p| p.head_tid);
+    let started = Instant::now();
+    loop {
+        let synced = s
+            .pfs_status(pb::PfsStatusRequest {
+                name: a.slave.pfs.to_string(),
+            })
+            .await?
+            .into_inner()
+            .pfs
+            .map_or(0, |p| p.head_tid);
+        if synced >= head {
+            if !ctx.quiet {
+                eprintln!(
+                    "in sync at {} after {:.1}s",
+                    Tid(head),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        if a.timeout
+            .is_some_and(|t| started.elapsed() > Duration::from_secs(t))
+        {
+            bail!(
+                "the slave is at {} after {}s, the master's head was {}; check `replctl status`",
+                Tid(synced),
+                a.timeout.unwrap_or_default(),
+                Tid(head)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct VerifyJson {
+    tid: String,
+    result: &'static str,
+    master_root: String,
+    slave_root: String,
+    entries: u64,
+    differing_paths: Vec<String>,
+}
+
+/// Compares the two digests at a TID, naming differing paths on a mismatch (exit 3).
+pub async fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
+    let mut m = admin(ctx, &a.master).await?;
+    let mut s = admin(ctx, &a.slave).await?;
+    let tid = match a.at {
+        Some(t) => t.get(),
+        None => s
+            .pfs_status(pb::PfsStatusRequest {
+                name: a.slave.pfs.to_string(),
+            })
+            .await?
+            .into_inner()
+            .pfs
+            .map(|p| p.head_tid)
+            .filter(|&t| t != 0)
+            .ok_or_else(|| anyhow!("the slave has no synced TID yet: wait for the first sync"))?,
+    };
+    let req = |pfs: &Target| pb::DigestRequest {
+        pfs: pfs.pfs.to_string(),
+        tid,
+        deep: a.deep,
+    };
+    let md = m
+        .digest(req(&a.master))
+        .await
+        .context("the master's digest")?
+        .into_inner();
+    let sd = s
+        .digest(req(&a.slave))
+        .await
+        .context("the slave's digest")?
+        .into_inner();
+    let matched = md.root == sd.root;
+    let mut differing = Vec::new();
+    if !matched {
+        descend(&mut m, &mut s, &a, tid, String::new(), &mut differing).await?;
+    }
+    let out = VerifyJson {
+        tid: Tid(tid).to_string(),
+        result: if matched { "MATCH" } else { "MISMATCH" },
+        master_root: hex(&md.root),
+        slave_root: hex(&sd.root),
+        entries: md.entries,
+        differing_paths: differing,
+    };
+    if ctx.out.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "{} at {} ({} entries{})",
+            out.result,
+            out.tid,
+            out.entries,
+            if a.deep { ", deep" } else { "" }
+        );
+        for p in &out.differing_paths {
+            println!("differs: /{p}");
+        }
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(anyhow!(Mismatch(format!(
+            "{} and {} differ at {}",
+            a.master.pfs, a.slave.pfs, out.tid
+        ))))
+    }
+}
+
+type Admin = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+/// Walks down the directories whose digests differ, collecting differing paths.
+async fn descend(
+    m: &mut Admin,
+    s: &mut Admin,
+    a: &VerifyArgs,
+    tid: u64,
+    dir: String,
+    out: &mut Vec<String>,
+) -> Result<()> {
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        let req = |t: &Target| pb::DigestDirRequest {
+            pfs: t.pfs.to_string(),
+            dir: dir.clone(),
+            tid,
+            deep: a.deep,
+        };
+        let mc = m.digest_dir(req(&a.master)).await?.into_inner().children;
+        let sc = s.digest_dir(req(&a.slave)).await?.into_inner().children;
+        let join = |n: &str| {
+            if dir.is_empty() {
+                n.to_owned()
+            } else {
+                format!("{dir}/{n}")
+            }
+        };
+        let mut names: Vec<&str> = mc.iter().chain(&sc).map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut own = true;
+        for name in names {
+            let x = mc.iter().find(|c| c.name == name);
+            let y = sc.iter().find(|c| c.name == name);
+            match (x, y) {
+                (Some(x), Some(y)) if x.hash == y.hash => {}
+                (Some(x), Some(y)) if x.kind == y.kind && x.kind == pb::EntryKind::Dir as i32 => {
+                    own = false;
+                    stack.push(join(name));
+                }
+                _ => {
+                    own = false;
+                    out.push(join(name));
+                }
+            }
+            if out.len() >= a.max_paths {
+                return Ok(());
+            }
+        }
+        if own {
+            // Every child matches: the directory's own mode or mtime differs.
+            out.push(if dir.is_empty() {
+                ".".into()
+            } else {
+                dir.clone()
+            });
+        }
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,431 @@
+//! Replication on a node: the senders of the pairings it feeds, the receiver of the streams it
+//! accepts, and the settings that say which are which.
+//!
+//! - [`store`]: `replication.json` in the data directory (pairings and accepted masters).
+//! - [`source`] / [`sink`]: the engine behind the agent's [`repl_agent::Source`] and
+//!   [`repl_agent::Sink`].
+//! - [`wire`]: the record frames inside a batch payload.
+//! - [`Replication`]: starts a sender task per pairing at start-up and on `pair`, stops it on
+//!   `unpair` or shutdown, changes its bandwidth in place, and reports status.
+//! - [`ReplicationService`]: the gRPC Replication service (peers only) over the sink.
+
+pub mod sink;
+pub mod source;
+pub mod store;
+pub mod wire;
+
+use std::sync::{Arc, Mutex};
+
+use repl_agent::{Connect, Inbound, Limiter, PairingStatus, Progress, SenderConfig, Throttle};
+use repl_proto::{Endpoint, TlsFiles, pb};
+use repld_engine::{Engine, PfsName, Tid};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::auth::PeerIdentity;
+use crate::config::Config;
+pub use sink::{EngineSink, SlaveView};
+pub use store::{Pairing, Settings, Store, Upstream};
+
+/// Largest batch payload a sender makes and a receiver accepts.
+pub const MAX_BATCH_BYTES: u64 = 4 << 20;
+
+/// A running pairing.
+struct Running {
+    pairing: Pairing,
+    status: Arc<PairingStatus>,
+    limiter: Arc<Limiter>,
+    stop: watch::Sender<bool>,
+}
+
+/// Replication on this node.
+pub struct Replication {
+    engine: Engine,
+    config: Config,
+    store: Mutex<Store>,
+    node_limiter: Arc<Limiter>,
+    running: Mutex<Vec<Running>>,
+    /// The receiver side, shared with the Replication service.
+    pub sink: EngineSink,
+    shutdown: CancellationToken,
+}
+
+/// A pairing's status row.
+#[derive(Debug, Clone)]
+pub struct PairingRow {
+    /// The pairing.
+    pub pairing: Pairing,
+    /// Its sender's progress.
+    pub progress: Progress,
+    /// Seconds behind (0 in sync).
+    pub lag_secs: f64,
+}
+
+impl Replication {
+    /// Loads the settings and starts a sender for every stored pairing.
+    pub async fn start(
+        engine: Engine,
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Replication>> {
+        let store = Store::load(&config.data_dir)?;
+        let sink = EngineSink {
+            engine: engine.clone(),
+            upstreams: Arc::new(Mutex::new(store.settings.upstreams.clone())),
+            locks: Arc::default(),
+            views: Arc::default(),
+        };
+        let pairings = store.settings.pairings.clone();
+        let r = Arc::new(Replication {
+            engine,
+            config: config.clone(),
+            store: Mutex::new(store),
+            node_limiter: Arc::new(Limiter::new(
+                config.replication.node_bandwidth.map(|b| b.bytes()),
+            )),
+            running: Mutex::new(Vec::new()),
+            sink,
+            shutdown,
+        });
+        for p in pairings {
+            if let Err(e) = r.spawn(p.clone()).await {
+                tracing::error!(master = %p.master_pfs, slave = %format!("{}:{}", p.slave_node, p.slave_pfs), error = %e, "a stored pairing cannot start");
+            }
+        }
+        Ok(r)
+    }
+
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the sender of `p`.
+    async fn spawn(&self, p: Pairing) -> Result<(), Status> {
+        let pfs = PfsName::new(p.master_pfs.clone())
+            .map_err(|e| Status::invalid_argument(format!("master PFS: {e}")))?;
+        let info = self.engine.pfs(&pfs).map_err(crate::service::status)?;
+        let head = self
+            .engine
+            .subscribe(&pfs)
+            .map_err(crate::service::status)?;
+        let endpoint = self.slave_endpoint(&p)?;
+        let channel = endpoint
+            .connect_lazy()
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut cfg =
+            SenderConfig::new(p.master_pfs.clone(), p.slave_pfs.clone(), info.shared_uuid);
+        cfg.max_batch_bytes = MAX_BATCH_BYTES;
+        cfg.stall_timeout = self.config.replication.stall_timeout.0;
+        let limiter = Arc::new(Limiter::new(p.bandwidth));
+        if let Some(rate) = p.bandwidth {
+            // Batches of at most a quarter second at the limit keep the rate smooth.
+            cfg.max_batch_bytes = cfg.max_batch_bytes.min((rate / 4).max(64 << 10));
+        }
+        let status = Arc::new(PairingStatus::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let source = Arc::new(source::EngineSource {
+            engine: self.engine.clone(),
+            pfs,
+            head,
+        });
+        let throttle = Throttle {
+            pairing: Arc::clone(&limiter),
+            node: Arc::clone(&self.node_limiter),
+        };
+        let task_status = Arc::clone(&status);
+        let shutdown = self.shutdown.clone();
+        let mut stop_on_shutdown = stop_rx.clone();
+        let stop_tx = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => { stop_tx.send_replace(true); }
+                _ = stop_on_shutdown.wait_for(|s| *s) => {}
+            }
+        });
+        tokio::spawn(repl_agent::sender::run(
+            cfg,
+            source,
+            TonicConnect(channel),
+            throttle,
+            task_status,
+            stop_rx,
+        ));
+        self.lock_running().push(Running {
+            pairing: p,
+            status,
+            limiter,
+            stop,
+        });
+        Ok(())
+    }
+
+    fn slave_endpoint(&self, p: &Pairing) -> Result<Endpoint, Status> {
+        let tls = TlsFiles {
+            ca: self.config.tls.ca.clone(),
+            cert: self.config.tls.cert.clone(),
+            key: self.config.tls.key.clone(),
+            server_name: Some(p.slave_node.clone()),
+        };
+        let e = Endpoint::parse(&p.slave_endpoint, Some(tls))
+            .map_err(|e| Status::invalid_argument(format!("slave endpoint: {e}")))?;
+        match e {
+            Endpoint::Unix(_) => Err(Status::invalid_argument(
+                "slave endpoint: give the slave node's https://HOST:PORT, not a socket",
+            )),
+            e => Ok(e),
+        }
+    }
+
+    /// Stores and starts a pairing. Refuses a duplicate.
+    pub async fn pair(&self, p: Pairing) -> Result<[u8; 16], Status> {
+        let pfs = PfsName::new(p.master_pfs.clone())
+            .map_err(|e| Status::invalid_argument(format!("master PFS: {e}")))?;
+        let info = self.engine.pfs(&pfs).map_err(crate::service::status)?;
+        if info.role != repld_engine::Role::Master {
+            return Err(Status::failed_precondition(format!(
+                "PFS {pfs} is a slave; only a master feeds slaves (cascades are not supported yet)"
+            )));
+        }
+        self.slave_endpoint(&p)?;
+        {
+            let mut store = self.lock_store();
+            if store
+                .settings
+                .pairings
+                .iter()
+                .any(|x| x.is(&p.master_pfs, &p.slave_node, &p.slave_pfs))
+            {
+                return Err(Status::already_exists(format!(
+                    "{} is already paired with {}:{}",
+                    p.master_pfs, p.slave_node, p.slave_pfs
+                )));
+            }
+            let mut next = store.settings.clone();
+            next.pairings.push(p.clone());
+            store
+                .save(next)
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+        }
+        self.spawn(p).await?;
+        Ok(info.shared_uuid)
+    }
+
+    /// Stops and forgets a pairing.
+    pub fn unpair(
+        &self,
+        master_pfs: &str,
+        slave_node: &str,
+        slave_pfs: &str,
+    ) -> Result<bool, Status> {
+        let mut store = self.lock_store();
+        let mut next = store.settings.clone();
+        next.pairings
+            .retain(|x| !x.is(master_pfs, slave_node, slave_pfs));
+        let removed = next.pairings.len() != store.settings.pairings.len();
+        if removed {
+            store
+                .save(next)
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+        }
+        drop(store);
+        self.lock_running().retain(|r| {
+            let hit = r.pairing.is(master_pfs, slave_node, slave_pfs);
+            if hit {
+                r.stop.send_replace(true);
+            }
+            !hit
+        });
+        Ok(removed)
+    }
+
+    /// Changes a pairing's bandwidth, stored and live.
+    pub fn set_bandwidth(
+        &self,
+        master_pfs: &str,
+        slave_node: &str,
+        slave_pfs: &str,
+        bandwidth: Option<u64>,
+    ) -> Result<(), Status> {
+        let mut store = self.lock_store();
+        let mut next = store.settings.clone();
+        let p = next
+            .pairings
+            .iter_mut()
+            .find(|x| x.is(master_pfs, slave_node, slave_pfs))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{master_pfs} is not paired with {slave_node}:{slave_pfs}"
+                ))
+            })?;
+        p.bandwidth = bandwidth;
+        store
+            .save(next)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        for r in self.lock_running().iter_mut() {
+            if r.pairing.is(master_pfs, slave_node, slave_pfs) {
+                r.pairing.bandwidth = bandwidth;
+                r.limiter.set_rate(bandwidth);
+            }
+        }
+        Ok(())
+    }
+
+    /// Accepts `master_node` as the source of `slave_pfs` (stored).
+    pub fn accept(&self, up: Upstream) -> Result<(), Status> {
+        let mut store = self.lock_store();
+        if let Some(other) = store
+            .settings
+            .upstreams
+            .iter()
+            .find(|u| u.slave_pfs == up.slave_pfs && u.master_node != up.master_node)
+        {
+            return Err(Status::failed_precondition(format!(
+                "PFS {} already replicates from {}:{}; unpair that first",
+                up.slave_pfs, other.master_node, other.master_pfs
+            )));
+        }
+        let mut next = store.settings.clone();
+        next.upstreams.retain(|u| u.slave_pfs != up.slave_pfs);
+        next.upstreams.push(up);
+        store
+            .save(next.clone())
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        *self
+            .sink
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next.upstreams;
+        Ok(())
+    }
+
+    /// Stops accepting `master_node` for `slave_pfs`.
+    pub fn revoke(&self, slave_pfs: &str, master_node: &str) -> Result<bool, Status> {
+        let mut store = self.lock_store();
+        let mut next = store.settings.clone();
+        next.upstreams
+            .retain(|u| !(u.slave_pfs == slave_pfs && u.master_node == master_node));
+        let removed = next.upstreams.len() != store.settings.upstreams.len();
+        if removed {
+            store
+                .save(next.clone())
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+            *self
+                .sink
+                .upstreams
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = next.upstreams;
+        }
+        Ok(removed)
+    }
+
+    /// The pairings this node feeds.
+    pub fn pairings(&self) -> Vec<PairingRow> {
+        let now = Tid::now();
+        self.lock_running()
+            .iter()
+            .map(|r| {
+                let progress = r.status.snapshot();
+                PairingRow {
+                    pairing: r.pairing.clone(),
+                    lag_secs: progress.lag_secs(now),
+                    progress,
+                }
+            })
+            .collect()
+    }
+
+    /// The masters accepted per slave PFS, and what the receiver saw.
+    pub fn slaves(&self) -> Vec<(Upstream, SlaveView)> {
+        let ups = self
+            .sink
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let views = self
+            .sink
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ups.into_iter()
+            .map(|u| {
+                let v = views.get(&u.slave_pfs).cloned().unwrap_or_default();
+                (u, v)
+            })
+            .collect()
+    }
+}
+
+/// Reaches a slave over a tonic channel.
+struct TonicConnect(Channel);
+
+impl Connect for TonicConnect {
+    async fn connect(
+        &self,
+        outbound: mpsc::Receiver<pb::SenderMessage>,
+    ) -> Result<Inbound, Status> {
+        let mut client = repl_proto::replication_client(self.0.clone());
+        let resp = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await?;
+        Ok(Box::pin(resp.into_inner()))
+    }
+}
+
+/// The gRPC Replication service: every verified peer may open a stream; the sink decides
+/// whether that peer may push to the PFS it names.
+#[derive(Clone)]
+pub struct ReplicationService {
+    sink: EngineSink,
+}
+
+impl ReplicationService {
+    /// Serves streams into `sink`.
+    pub fn new(sink: EngineSink) -> ReplicationService {
+        ReplicationService { sink }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::replication_server::Replication for ReplicationService {
+    type StreamStream = crate::service::BoxStream<pb::ReceiverMessage>;
+
+    async fn stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SenderMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = match PeerIdentity::of(&request) {
+            Some(PeerIdentity::Certificate { name, .. }) => name.clone(),
+            // Plaintext loopback, which the operator asked for, is trusted like the admin socket.
+            Some(local) if local.is_local() => sink::LOCAL_PEER.to_owned(),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "replication needs a node certificate",
+                ));
+            }
+        };
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let sink = self.sink.clone();
+        tokio::spawn(async move {
+            let limits = repl_agent::Limits {
+                max_batch_bytes: MAX_BATCH_BYTES,
+            };
+            repl_agent::receiver::serve(&sink, &peer, limits, inbound, tx).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,200 @@
+//! The slave side's [`Sink`]: checks who pushes, and applies batches to the engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use repl_agent::{CheckedBatch, Hello, Position, Rejection, Session, Sink};
+use repld_engine::{ApplyBatch, Engine, Partial, PfsInfo, PfsName, Role, Tid};
+use tonic::Status;
+
+use super::store::Upstream;
+use super::wire;
+use crate::service::status;
+
+/// The peer name of a caller on plaintext loopback (allowed only when the operator asked for
+/// it), which may push to any slave PFS that has an accepted master.
+pub const LOCAL_PEER: &str = "(plaintext loopback)";
+
+/// What the slave side knows about one slave PFS, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SlaveView {
+    /// The master's head, from the last heartbeat.
+    pub master_head: Tid,
+    /// The oldest master TID this slave lacks, from the last heartbeat.
+    pub pending_since: Option<Tid>,
+    /// When the last heartbeat came.
+    pub heartbeat_at: Option<Instant>,
+    /// Batches applied (duplicates not counted).
+    pub applied: u64,
+    /// Refusals by reason.
+    pub rejected: HashMap<&'static str, u64>,
+}
+
+/// The engine as the receiver of every stream on this node.
+#[derive(Clone)]
+pub struct EngineSink {
+    /// The node's engine.
+    pub engine: Engine,
+    /// Masters allowed per slave PFS (shared with the admin calls that change them).
+    pub upstreams: Arc<Mutex<Vec<Upstream>>>,
+    /// One apply at a time per slave PFS, whatever the stream.
+    pub locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Per slave PFS.
+    pub views: Arc<Mutex<HashMap<String, SlaveView>>>,
+}
+
+impl EngineSink {
+    fn lock_for(&self, pfs: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(pfs.to_owned()).or_default())
+    }
+}
+
+/// A slave PFS's checkpoint as a position.
+pub fn checkpoint(p: &PfsInfo) -> Position {
+    Position {
+        synced: p.head,
+        partial: p.partial.map(|x| (x.tid, x.chunks_done)),
+    }
+}
+
+impl Sink for EngineSink {
+    type Session = EngineSession;
+
+    async fn open(&self, peer: &str, hello: &Hello) -> Result<EngineSession, Status> {
+        let name = PfsName::new(hello.slave_pfs.clone())
+            .map_err(|e| Status::invalid_argument(format!("slave PFS: {e}")))?;
+        let allowed = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|u| {
+                u.slave_pfs == hello.slave_pfs && (u.master_node == peer || peer == LOCAL_PEER)
+            });
+        if !allowed {
+            return Err(Status::permission_denied(format!(
+                "node {peer:?} may not push to PFS {:?} on this node: pair them with `replctl pair {peer}:{} NODE:{}`",
+                hello.slave_pfs, hello.master_pfs, hello.slave_pfs
+            )));
+        }
+        let engine = self.engine.clone();
+        let info = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || engine.pfs(&name))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status)?
+        };
+        if info.role != Role::Slave {
+            return Err(Status::failed_precondition(format!(
+                "PFS {name} on this node is a master: replication only writes to slaves"
+            )));
+        }
+        if info.shared_uuid != hello.shared_uuid {
+            return Err(Status::failed_precondition(format!(
+                "PFS {name} on this node belongs to another pair (shared UUID {} here, {} on the master)",
+                uuid::Uuid::from_bytes(info.shared_uuid),
+                uuid::Uuid::from_bytes(hello.shared_uuid)
+            )));
+        }
+        Ok(EngineSession {
+            sink: self.clone(),
+            pfs: name,
+            checkpoint: checkpoint(&info),
+        })
+    }
+}
+
+/// One stream into one slave PFS.
+pub struct EngineSession {
+    sink: EngineSink,
+    pfs: PfsName,
+    checkpoint: Position,
+}
+
+impl EngineSession {
+    fn view(&self, f: impl FnOnce(&mut SlaveView)) {
+        let mut views = self
+            .sink
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(views.entry(self.pfs.to_string()).or_default());
+    }
+}
+
+impl Session for EngineSession {
+    fn checkpoint(&self) -> Position {
+        self.checkpoint
+    }
+
+    async fn apply(&mut self, batch: CheckedBatch) -> Result<Position, Status> {
+        let decoded = wire::decode(&batch.payload)
+            .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
+        let lock = self.sink.lock_for(self.pfs.as_str());
+        let _one_at_a_time = lock.lock().await;
+        let engine = self.sink.engine.clone();
+        let pfs = self.pfs.clone();
+        let (from, to) = (batch.from, batch.to);
+        let seq = batch.seq;
+        let apply = ApplyBatch {
+            chunks: decoded.chunks,
+            changes: decoded.changes,
+            partial: to
+                .partial
+                .map(|(tid, chunks_done)| Partial { tid, chunks_done }),
+            master_head: batch.master_head,
+        };
+        let now = tokio::task::spawn_blocking(move || -> Result<Position, Status> {
+            // Another stream may have moved the checkpoint since this one read it.
+            let current = checkpoint(&engine.pfs(&pfs).map_err(status)?);
+            if to <= current {
+                return Ok(current);
+            }
+            if from != current {
+                return Err(Status::failed_precondition(format!(
+                    "batch {seq} starts at {from} but the slave is at {current}"
+                )));
+            }
+            let ends_at = apply.changes.last().map_or(current.synced, |c| c.tid);
+            if ends_at != to.synced {
+                return Err(Status::invalid_argument(format!(
+                    "batch {seq} says it leads to {to} but its changes end at {ends_at}"
+                )));
+            }
+            let cp = engine.apply(&pfs, apply).map_err(status)?;
+            let reached = Position {
+                synced: cp.synced,
+                partial: cp.partial.map(|p| (p.tid, p.chunks_done)),
+            };
+            if reached != to {
+                return Err(Status::data_loss(format!(
+                    "batch {seq} should lead to {to} but its content led to {reached}"
+                )));
+            }
+            Ok(reached)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        self.checkpoint = now;
+        self.view(|v| v.applied += 1);
+        Ok(now)
+    }
+
+    fn heartbeat(&mut self, head: Tid, pending_since: Option<Tid>) {
+        self.view(|v| {
+            v.master_head = head;
+            v.pending_since = pending_since;
+            v.heartbeat_at = Some(Instant::now());
+        });
+    }
+
+    fn rejected(&mut self, why: Rejection) {
+        self.view(|v| *v.rejected.entry(why.label()).or_default() += 1);
+    }
+}
