@@ -61,12 +61,12 @@ impl SenderConfig {
             slave_pfs,
             shared_uuid,
             max_batch_bytes: 4 << 20,
-            window: 4,
+            window: 2,
             heartbeat: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(5),
         }
     }
 }

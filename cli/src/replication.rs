@@ -19,15 +19,19 @@ fn parse_tid(s: &str) -> Result<Tid, String> {
     s.parse::<Tid>().map_err(|e| e.to_string())
 }
 
-/// `replctl pair MASTER SLAVE`.
+/// `replctl pair MASTER SLAVE`, or `replctl pair set MASTER SLAVE --bandwidth RATE`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct PairArgs {
+    /// Change an existing pairing.
+    #[command(subcommand)]
+    pub set: Option<PairSetCommand>,
     /// NODE:PFS of the master.
-    #[arg(value_parser = Target::parse)]
-    pub master: Target,
+    #[arg(value_parser = Target::parse, required = true)]
+    pub master: Option<Target>,
     /// NODE:PFS of the slave (created as a slave of the master if absent).
-    #[arg(value_parser = Target::parse)]
-    pub slave: Target,
+    #[arg(value_parser = Target::parse, required = true)]
+    pub slave: Option<Target>,
     /// Bytes per second on the wire, such as 4MiB [default: unlimited].
     #[arg(long, value_parser = crate::output::parse_size, value_name = "RATE")]
     pub bandwidth: Option<u64>,
@@ -35,6 +39,25 @@ pub struct PairArgs {
     /// config].
     #[arg(long, value_name = "URL")]
     pub slave_endpoint: Option<String>,
+}
+
+/// `replctl pair set`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PairSetCommand {
+    /// Change a pairing's bandwidth; a running stream follows within a second.
+    ///
+    /// Example: replctl pair set node1:data node2:data --bandwidth 20MiB
+    Set {
+        /// NODE:PFS of the master.
+        #[arg(value_parser = Target::parse)]
+        master: Target,
+        /// NODE:PFS of the slave.
+        #[arg(value_parser = Target::parse)]
+        slave: Target,
+        /// Bytes per second on the wire, such as 4MiB; 0 = unlimited.
+        #[arg(long, value_parser = crate::output::parse_size, value_name = "RATE")]
+        bandwidth: u64,
+    },
 }
 
 /// `replctl unpair MASTER SLAVE`.
@@ -102,8 +125,19 @@ async fn admin(
 /// Pairs: the slave's node accepts the master (creating the slave PFS), then the master's node
 /// stores the pairing and starts streaming.
 pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
-    let mut m = admin(ctx, &a.master).await?;
-    let mut s = admin(ctx, &a.slave).await?;
+    if let Some(PairSetCommand::Set {
+        master,
+        slave,
+        bandwidth,
+    }) = a.set
+    {
+        return pair_set(ctx, &master, &slave, bandwidth).await;
+    }
+    let (Some(master), Some(slave)) = (a.master, a.slave) else {
+        bail!(UsageError("give MASTER and SLAVE, as NODE:PFS".into()));
+    };
+    let mut m = admin(ctx, &master).await?;
+    let mut s = admin(ctx, &slave).await?;
     let master_node = m
         .node_info(pb::NodeInfoRequest {})
         .await?
@@ -116,7 +150,7 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
         .node_name;
     let slave_endpoint = match a.slave_endpoint {
         Some(u) => u,
-        None => match ctx.nodes.resolve(a.slave.node.as_ref())?.endpoint {
+        None => match ctx.nodes.resolve(slave.node.as_ref())?.endpoint {
             Endpoint::Https { uri, .. } => format!("https://{}", uri.authority().map_or("", |x| x.as_str())),
             Endpoint::Http(uri) => format!("http://{}", uri.authority().map_or("", |x| x.as_str())),
             Endpoint::Unix(_) => bail!(UsageError(
@@ -126,7 +160,7 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
     };
     let info = m
         .pfs_status(pb::PfsStatusRequest {
-            name: a.master.pfs.to_string(),
+            name: master.pfs.to_string(),
         })
         .await
         .context("look up the master PFS")?
@@ -134,19 +168,19 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
     let shared_uuid = info.pfs.map(|p| p.shared_uuid).unwrap_or_default();
     let accepted = s
         .pair_accept(pb::PairAcceptRequest {
-            slave_pfs: a.slave.pfs.to_string(),
+            slave_pfs: slave.pfs.to_string(),
             master_node: master_node.clone(),
-            master_pfs: a.master.pfs.to_string(),
+            master_pfs: master.pfs.to_string(),
             shared_uuid,
         })
         .await
         .context("the slave's node refused the pairing")?
         .into_inner();
     m.pair_create(pb::PairCreateRequest {
-        master_pfs: a.master.pfs.to_string(),
+        master_pfs: master.pfs.to_string(),
         slave_node: slave_node.clone(),
         slave_endpoint: slave_endpoint.clone(),
-        slave_pfs: a.slave.pfs.to_string(),
+        slave_pfs: slave.pfs.to_string(),
         bandwidth: a.bandwidth.unwrap_or(0),
     })
     .await
@@ -154,19 +188,37 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
     if !ctx.quiet {
         eprintln!(
             "paired {master_node}:{} -> {slave_node}:{} at {slave_endpoint}{}; streaming starts now. Watch it with `replctl status {}`.",
-            a.master.pfs,
-            a.slave.pfs,
+            master.pfs,
+            slave.pfs,
             if accepted.created {
                 " (slave PFS created)"
             } else {
                 ""
             },
-            a.master
+            master
                 .node
                 .as_ref()
                 .map_or(String::new(), |n| n.to_string())
         );
     }
+    Ok(())
+}
+
+async fn pair_set(ctx: &Ctx, master: &Target, slave: &Target, bandwidth: u64) -> Result<()> {
+    let mut m = admin(ctx, master).await?;
+    let mut s = admin(ctx, slave).await?;
+    let slave_node = s
+        .node_info(pb::NodeInfoRequest {})
+        .await?
+        .into_inner()
+        .node_name;
+    m.pair_set(pb::PairSetRequest {
+        master_pfs: master.pfs.to_string(),
+        slave_node,
+        slave_pfs: slave.pfs.to_string(),
+        bandwidth,
+    })
+    .await?;
     Ok(())
 }
 

@@ -190,6 +190,8 @@ pub struct NodeOptions {
     /// Use the certificates in this directory (made by another node's `replctl certs init`,
     /// so both share a CA) instead of making new ones.
     pub shared_certs: Option<PathBuf>,
+    /// TOML appended to the config (such as a `[replication]` table).
+    pub extra_config: String,
 }
 
 impl Default for NodeOptions {
@@ -203,6 +205,7 @@ impl Default for NodeOptions {
             plaintext: false,
             shutdown_timeout: "20s".to_owned(),
             shared_certs: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -215,6 +218,8 @@ pub struct TestNode {
     config: PathBuf,
     proc: Option<std::process::Child>,
     addr: Option<SocketAddr>,
+    /// The address bound at the first start, kept for restarts (peers stored it).
+    listen: Option<SocketAddr>,
     log: PathBuf,
     starts: u32,
 }
@@ -261,6 +266,7 @@ impl TestNode {
             config,
             proc: None,
             addr: None,
+            listen: None,
             starts: 0,
         };
         fs::write(&node.config, node.config_text()).context("write repld.toml")?;
@@ -279,7 +285,7 @@ impl TestNode {
             "# Written by repl_tests::node::TestNode.\n\
              node_name = {name:?}\n\
              data_dir = {data:?}\n\
-             listen = \"127.0.0.1:0\"\n\
+             listen = \"{listen}\"\n\
              admin_socket = {sock:?}\n\
              metrics_listen = \"127.0.0.1:0\"\n\
              log_filter = \"info\"\n\
@@ -298,8 +304,12 @@ impl TestNode {
              allow_plaintext_loopback = {plain}\n\
              \n\
              [limits]\n\
-             {limits}",
+             {limits}\n\
+             {extra}",
             name = o.name,
+            listen = self
+                .listen
+                .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
             data = d.join("data"),
             sock = d.join("admin.sock"),
             shutdown = o.shutdown_timeout,
@@ -309,6 +319,7 @@ impl TestNode {
             key = self.certs.key(&o.name),
             admins = admins.join(", "),
             plain = o.plaintext,
+            extra = o.extra_config,
         )
     }
 
@@ -357,6 +368,11 @@ impl TestNode {
             std::thread::sleep(Duration::from_millis(20));
         };
         self.addr = Some(addr);
+        if self.listen.is_none() {
+            // Restarts listen where this start did, as a peer that paired with it expects.
+            self.listen = Some(addr);
+            fs::write(&self.config, self.config_text()).context("rewrite repld.toml")?;
+        }
         let endpoint = self.unix();
         let status = block_on(async move {
             let channel = endpoint.connect().await?;
@@ -418,6 +434,14 @@ impl TestNode {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL, as a crash: no shutdown, no flush. `launch` starts it again.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut p = self.proc.take().context("the node is not running")?;
+        p.kill().context("SIGKILL repld")?;
+        p.wait().context("reap repld")?;
+        Ok(())
     }
 
     /// SIGTERM, then waits for the exit; fails unless it exited 0.

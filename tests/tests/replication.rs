@@ -1,62 +1,86 @@
-//! End-to-end replication: real `repld` nodes over mutual TLS on loopback, driven by `replctl`.
+//! End-to-end replication: real `repld` nodes over mutual TLS on loopback, driven by `replctl`,
+//! killed with SIGKILL, and connected through a fault-injecting proxy.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use repl_tests::node::{NodeOptions, TestNode, run_ok, run_output};
-use repl_tests::tree;
+use anyhow::{Context, Result, bail, ensure};
+use repl_tests::node::{NodeOptions, TestNode, bin, run_ok, run_output};
+use repl_tests::proxy::FaultProxy;
+use repl_tests::tree::{self, TreeBuilder};
+use serde_json::Value;
 
-const CLI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+/// The largest batch payload (the daemon's `MAX_BATCH_BYTES`).
+const BATCH: u64 = 4 * MIB;
 
-/// Two nodes sharing a CA, and a replctl config that names both, with `alice` as the admin.
-struct Pair {
-    master: TestNode,
-    slave: TestNode,
-    config: std::path::PathBuf,
-    _work: tempfile::TempDir,
+/// Nodes sharing one CA, and a replctl config that names them all, with `alice` as the admin.
+struct Cluster {
+    nodes: Vec<TestNode>,
+    config: PathBuf,
+    work: tempfile::TempDir,
 }
 
-impl Pair {
-    fn start() -> Result<Pair> {
-        let master = TestNode::start(NodeOptions {
-            name: "node1".into(),
-            other_nodes: vec!["node2".into()],
-            ..NodeOptions::default()
-        })?;
-        let slave = TestNode::start(NodeOptions {
-            name: "node2".into(),
-            other_nodes: vec![],
-            shared_certs: Some(master.certs().dir.clone()),
-            ..NodeOptions::default()
-        })?;
+impl Cluster {
+    /// Nodes `node1`.. with `opts` applied to each (name and certificates are set here).
+    fn start(count: usize, opts: impl Fn(usize) -> NodeOptions) -> Result<Cluster> {
+        let names: Vec<String> = (1..=count).map(|i| format!("node{i}")).collect();
+        let mut nodes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let o = opts(i + 1);
+            let node = TestNode::start(NodeOptions {
+                name: name.clone(),
+                other_nodes: if i == 0 {
+                    names[1..].to_vec()
+                } else {
+                    Vec::new()
+                },
+                shared_certs: nodes.first().map(|n: &TestNode| n.certs().dir.clone()),
+                ..o
+            })?;
+            nodes.push(node);
+        }
         let work = tempfile::tempdir()?;
         let config = work.path().join("replctl.toml");
-        let c = master.certs();
-        fs::write(
-            &config,
-            format!(
-                "ca = {:?}\ncert = {:?}\nkey = {:?}\n\n[nodes.node1]\nendpoint = \"https://{}\"\n\n[nodes.node2]\nendpoint = \"https://{}\"\n",
-                c.ca(),
-                c.cert("alice"),
-                c.key("alice"),
-                master.addr(),
-                slave.addr()
-            ),
-        )?;
-        Ok(Pair {
-            master,
-            slave,
+        let mut cluster = Cluster {
+            nodes,
             config,
-            _work: work,
-        })
+            work,
+        };
+        cluster.write_config()?;
+        Ok(cluster)
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        let c = self.nodes[0].certs();
+        let mut text = format!(
+            "ca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            c.ca(),
+            c.cert("alice"),
+            c.key("alice")
+        );
+        for n in &self.nodes {
+            text.push_str(&format!(
+                "\n[nodes.{}]\nendpoint = \"https://{}\"\n",
+                n.name(),
+                n.addr()
+            ));
+        }
+        fs::write(&self.config, text).context("write replctl.toml")
+    }
+
+    fn node(&mut self, i: usize) -> &mut TestNode {
+        &mut self.nodes[i - 1]
     }
 
     fn replctl(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
-        let mut cmd = Command::new(repl_tests::node::bin("replctl"));
-        cmd.env_remove("REPLCTL_SOCKET")
-            .env_remove("REPLCTL_ENDPOINT");
+        let mut cmd = Command::new(bin("replctl"));
+        for var in ["REPLCTL_SOCKET", "REPLCTL_ENDPOINT", "REPLCTL_CONFIG"] {
+            cmd.env_remove(var);
+        }
         cmd.arg("--config").arg(&self.config);
         for a in args {
             cmd.arg(a);
@@ -67,97 +91,496 @@ impl Pair {
     fn ok(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Result<String> {
         run_ok(&mut self.replctl(args), CLI_TIMEOUT)
     }
+
+    /// `replctl --json status NODE`.
+    fn status(&self, node: &str) -> Result<Value> {
+        let out = self.ok(&[&"--json", &"status", &node])?;
+        serde_json::from_str(&out).with_context(|| format!("status JSON: {out}"))
+    }
+
+    /// The row of the pairing that `master` feeds to `slave` (`node2:data`), from its node.
+    fn pairing(&self, master_node: &str, slave: &str) -> Result<Value> {
+        let s = self.status(master_node)?;
+        s["pairings"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["slave"] == slave))
+            .cloned()
+            .with_context(|| format!("no pairing to {slave} on {master_node}: {s}"))
+    }
+
+    fn wait_sync(&self, master: &str, slave: &str) -> Result<()> {
+        self.ok(&[&"wait-sync", &master, &slave, &"--timeout", &"90"])
+            .map(drop)
+    }
+
+    fn verify_match(&self, master: &str, slave: &str, deep: bool) -> Result<()> {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json", &"verify"];
+        if deep {
+            args.push(&"--deep");
+        }
+        args.push(&master);
+        args.push(&slave);
+        let out = self.ok(&args)?;
+        ensure!(
+            out.contains("\"result\":\"MATCH\""),
+            "verify {master} {slave}: {out}"
+        );
+        Ok(())
+    }
+
+    /// Waits until `cond` holds for the pairing's status row.
+    fn wait_pairing(
+        &self,
+        master_node: &str,
+        slave: &str,
+        what: &str,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = self.pairing(master_node, slave)?;
+            if cond(&row) {
+                return Ok(row);
+            }
+            if Instant::now() > deadline {
+                bail!("waited 60 s for {what}; the pairing: {row}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Versions stored in a PFS (each applied once, or the counts differ).
+    fn versions(&self, target: &str) -> Result<u64> {
+        let out = self.ok(&[&"--json", &"pfs", &"status", &target])?;
+        let v: Value = serde_json::from_str(&out)?;
+        v["versions"]
+            .as_u64()
+            .with_context(|| format!("no versions in {out}"))
+    }
 }
 
-fn export(p: &Pair, target: &str, file: &Path) -> Result<Vec<u8>> {
-    p.ok(&[&"export", &target, &"-o", &file])?;
-    fs::read(file).with_context(|| format!("read {}", file.display()))
+fn big_opts(_: usize) -> NodeOptions {
+    NodeOptions {
+        device_size: "1GiB".into(),
+        ..NodeOptions::default()
+    }
+}
+
+/// A tree of `files` incompressible files of `each` bytes, plus a symlink and an empty dir.
+fn tree_of(dir: &Path, files: usize, each: usize) -> Result<PathBuf> {
+    let src = dir.join("src");
+    let mut t = TreeBuilder::new(&src, 7)?;
+    t.dir("d", 0o755)?.dir("empty", 0o700)?;
+    for i in 0..files {
+        t.file(&format!("d/f{i:03}"), each, 0o644)?;
+    }
+    t.symlink("link", "d/f000")?;
+    t.finish()?;
+    Ok(src)
+}
+
+fn bytes_of(row: &Value, field: &str) -> u64 {
+    row[field].as_u64().unwrap_or(0)
 }
 
 #[test]
 fn a_paired_slave_catches_up_and_verifies_equal_to_its_master() -> Result<()> {
-    let p = Pair::start()?;
-    let work = tempfile::tempdir()?;
-    let src = work.path().join("src");
+    let c = Cluster::start(2, |_| NodeOptions::default())?;
+    let src = c.work.path().join("src");
     tree::round_trip_tree(&src)?;
-    p.ok(&[&"pfs", &"create", &"node1:data"])?;
-    p.ok(&[&"import", &src, &"node1:data"])?;
-    p.ok(&[&"pair", &"node1:data", &"node2:data"])?;
-    p.ok(&[
-        &"wait-sync",
-        &"node1:data",
-        &"node2:data",
-        &"--timeout",
-        &"60",
-    ])?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[&"pair", &"node1:data", &"node2:data"])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", false)?;
+    c.verify_match("node1:data", "node2:data", true)?;
 
-    let out = p.ok(&[&"--json", &"verify", &"node1:data", &"node2:data"])?;
-    ensure!(out.contains("\"result\":\"MATCH\""), "verify: {out}");
-    let deep = p.ok(&[
-        &"--json",
-        &"verify",
-        &"--deep",
-        &"node1:data",
-        &"node2:data",
-    ])?;
-    ensure!(
-        deep.contains("\"result\":\"MATCH\""),
-        "verify --deep: {deep}"
-    );
-
-    // A later change streams without any command, and the exports agree at the synced TID.
-    p.ok(&[&"mkdir", &"node1:data/later"])?;
-    p.ok(&[
-        &"wait-sync",
-        &"node1:data",
-        &"node2:data",
-        &"--timeout",
-        &"60",
-    ])?;
-    let status = p.ok(&[&"--json", &"status", &"node2"])?;
-    let synced: serde_json::Value = serde_json::from_str(&status)?;
-    let tid = synced["slaves"][0]["synced_tid"]
+    // A later change streams with no command, and the exports agree at the synced TID.
+    c.ok(&[&"mkdir", &"node1:data/later"])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    let tid = c.status("node2")?["slaves"][0]["synced_tid"]
         .as_str()
         .context("the slave's synced TID in status")?
         .to_owned();
-    let m = export(&p, &format!("node1:data@{tid}"), &work.path().join("m.tar"))?;
-    let s = export(&p, &format!("node2:data@{tid}"), &work.path().join("s.tar"))?;
+    let m = c.work.path().join("m.tar");
+    let s = c.work.path().join("s.tar");
+    c.ok(&[&"export", &format!("node1:data@{tid}"), &"-o", &m])?;
+    c.ok(&[&"export", &format!("node2:data@{tid}"), &"-o", &s])?;
     ensure!(
-        m == s,
-        "the exports at {tid} differ ({} vs {} bytes)",
-        m.len(),
-        s.len()
+        fs::read(&m)? == fs::read(&s)?,
+        "the exports at {tid} differ"
     );
-    tree::make_writable(work.path());
-    drop(p.slave);
-    drop(p.master);
+    tree::make_writable(c.work.path());
     Ok(())
 }
 
 #[test]
-fn verify_names_a_differing_path_and_exits_3() -> Result<()> {
-    let p = Pair::start()?;
-    p.ok(&[&"pfs", &"create", &"node1:data"])?;
-    p.ok(&[&"mkdir", &"node1:data/docs"])?;
-    p.ok(&[&"pfs", &"create", &"node2:other"])?;
-    p.ok(&[&"mkdir", &"node2:other/docs"])?;
-    p.ok(&[&"mkdir", &"node2:other/extra"])?;
+fn refusals_write_nothing_and_say_why() -> Result<()> {
+    let mut c = Cluster::start(3, |_| NodeOptions::default())?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"mkdir", &"node1:data/x"])?;
+
+    // A master as the target.
+    c.ok(&[&"pfs", &"create", &"node2:mine"])?;
     let out = run_output(
-        &mut p.replctl(&[&"verify", &"--at", &"0", &"node1:data", &"node2:other"]),
+        &mut c.replctl(&[&"pair", &"node1:data", &"node2:mine"]),
         CLI_TIMEOUT,
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("is a master"),
+        "pairing into a master: {err}"
     );
-    // Different PFSes at head (TID 0 means the head on each side).
-    let out = out?;
+
+    // A slave of another master (another shared UUID), with data in it.
+    c.ok(&[&"pfs", &"create", &"node1:other"])?;
+    c.ok(&[&"mkdir", &"node1:other/y"])?;
+    c.ok(&[&"pair", &"node1:other", &"node2:taken"])?;
+    c.wait_sync("node1:other", "node2:taken")?;
+    let before = c.versions("node2:taken")?;
+    let out = run_output(
+        &mut c.replctl(&[&"pair", &"node1:data", &"node2:taken"]),
+        CLI_TIMEOUT,
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("another master"),
+        "pairing into another master's slave: {err}"
+    );
+    ensure!(
+        c.versions("node2:taken")? == before,
+        "the refused pairing wrote"
+    );
+
+    // A certificate not allowed for the PFS: node3 pushes to node2:taken without an accept.
+    c.ok(&[&"pfs", &"create", &"node3:rogue"])?;
+    c.ok(&[&"mkdir", &"node3:rogue/z"])?;
+    let shared = c.ok(&[&"--json", &"pfs", &"status", &"node1:other"])?;
+    let shared: Value = serde_json::from_str(&shared)?;
+    let slave_addr = c.node(2).addr();
+    let rt = repl_tests::node::runtime();
+    rt.block_on(async {
+        let mut admin = c.node(3).admin().await?.into_inner();
+        admin
+            .pair_create(repl_proto::pb::PairCreateRequest {
+                master_pfs: "rogue".into(),
+                slave_node: "node2".into(),
+                slave_endpoint: format!("https://{slave_addr}"),
+                slave_pfs: "taken".into(),
+                bandwidth: 0,
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let row = c.wait_pairing("node3", "node2:taken", "a refusal", |r| {
+        r["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("may not push"))
+    })?;
+    ensure!(bytes_of(&row, "batches_sent") == 0, "{row}");
+    ensure!(
+        c.versions("node2:taken")? == before,
+        "the refused node wrote; shared UUID was {}",
+        shared["shared_uuid"]
+    );
+    Ok(())
+}
+
+#[test]
+fn two_slaves_match_and_a_stopped_one_does_not_stop_the_other() -> Result<()> {
+    let mut c = Cluster::start(3, |_| NodeOptions::default())?;
+    let src = tree_of(c.work.path(), 8, 300_000)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[&"pair", &"node1:data", &"node2:data"])?;
+    c.ok(&[&"pair", &"node1:data", &"node3:data"])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.wait_sync("node1:data", "node3:data")?;
+    c.verify_match("node1:data", "node2:data", false)?;
+    c.verify_match("node1:data", "node3:data", false)?;
+
+    c.node(3).stop()?;
+    c.ok(&[&"mkdir", &"node1:data/while-node3-is-down"])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", false)?;
+
+    c.node(3).launch()?;
+    c.wait_sync("node1:data", "node3:data")?;
+    c.verify_match("node1:data", "node3:data", false)?;
+    tree::make_writable(c.work.path());
+    Ok(())
+}
+
+#[test]
+fn a_slave_killed_mid_initial_sync_resumes_without_resending_more_than_two_batches() -> Result<()> {
+    let mut c = Cluster::start(2, big_opts)?;
+    let src = tree_of(c.work.path(), 7, 30 << 20)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[
+        &"pair",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"40MiB",
+    ])?;
+    c.wait_pairing("node1", "node2:data", "60 MiB sent", |r| {
+        bytes_of(r, "bytes_sent") > 60 * MIB
+    })?;
+    c.node(2).kill()?;
+    c.node(2).launch()?;
+    c.ok(&[
+        &"pair",
+        &"set",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"0",
+    ])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", true)?;
+    let row = c.pairing("node1", "node2:data")?;
+    let resent = bytes_of(&row, "bytes_resent");
+    ensure!(
+        resent <= 2 * (BATCH + MIB),
+        "{resent} bytes were sent twice; at most 2 batches may be: {row}"
+    );
+    ensure!(bytes_of(&row, "reconnects") >= 1, "{row}");
+    tree::make_writable(c.work.path());
+    Ok(())
+}
+
+#[test]
+fn a_master_killed_mid_stream_resumes_after_restart() -> Result<()> {
+    let mut c = Cluster::start(2, big_opts)?;
+    let src = tree_of(c.work.path(), 4, 20 << 20)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[
+        &"pair",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"20MiB",
+    ])?;
+    c.wait_pairing("node1", "node2:data", "20 MiB sent", |r| {
+        bytes_of(r, "bytes_sent") > 20 * MIB
+    })?;
+    c.node(1).kill()?;
+    c.node(1).launch()?;
+    c.ok(&[
+        &"pair",
+        &"set",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"0",
+    ])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", true)?;
+    tree::make_writable(c.work.path());
+    Ok(())
+}
+
+#[test]
+fn the_stream_survives_cuts_stalls_truncation_and_flipped_bytes() -> Result<()> {
+    let mut c = Cluster::start(2, |i| NodeOptions {
+        device_size: "512MiB".into(),
+        extra_config: if i == 1 {
+            "[replication]\nstall_timeout = \"2s\"\n".into()
+        } else {
+            String::new()
+        },
+        ..NodeOptions::default()
+    })?;
+    let src = tree_of(c.work.path(), 6, 10 << 20)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    let proxy = FaultProxy::start(c.node(2).addr())?;
+    let via = format!("https://{}", proxy.addr());
+    c.ok(&[
+        &"pair",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"8MiB",
+        &"--slave-endpoint",
+        &via,
+    ])?;
+    let sent = |c: &Cluster| -> Result<u64> {
+        Ok(bytes_of(&c.pairing("node1", "node2:data")?, "bytes_sent"))
+    };
+    c.wait_pairing("node1", "node2:data", "a first batch", |r| {
+        bytes_of(r, "bytes_sent") > 0
+    })?;
+    proxy.cut();
+    let mark = sent(&c)?;
+    c.wait_pairing("node1", "node2:data", "progress after the cut", |r| {
+        bytes_of(r, "bytes_sent") > mark + MIB
+    })?;
+    proxy.pause();
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.resume();
+    proxy.corrupt_after(300_000);
+    let mark = sent(&c)?;
+    c.wait_pairing(
+        "node1",
+        "node2:data",
+        "progress after a flipped byte",
+        |r| bytes_of(r, "bytes_sent") > mark + 2 * MIB,
+    )?;
+    proxy.truncate_after(500_000);
+    c.ok(&[
+        &"pair",
+        &"set",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"0",
+    ])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", true)?;
+    let row = c.pairing("node1", "node2:data")?;
+    ensure!(
+        bytes_of(&row, "reconnects") >= 3,
+        "the faults caused fewer than 3 reconnects: {row}"
+    );
+    ensure!(
+        c.versions("node1:data")? == c.versions("node2:data")?,
+        "the slave stored another number of versions: something was applied twice"
+    );
+    tree::make_writable(c.work.path());
+    Ok(())
+}
+
+#[test]
+fn the_throttle_holds_the_rate_and_a_new_rate_takes_effect_within_two_seconds() -> Result<()> {
+    let c = Cluster::start(2, |_| NodeOptions {
+        device_size: "512MiB".into(),
+        ..NodeOptions::default()
+    })?;
+    let src = tree_of(c.work.path(), 12, 10 << 20)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[
+        &"pair",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"4MiB",
+    ])?;
+    c.wait_pairing("node1", "node2:data", "streaming", |r| {
+        bytes_of(r, "bytes_sent") > MIB
+    })?;
+    let sample = || -> Result<(Instant, u64)> {
+        let b = bytes_of(&c.pairing("node1", "node2:data")?, "bytes_sent");
+        Ok((Instant::now(), b))
+    };
+    let rate = |a: (Instant, u64), b: (Instant, u64)| {
+        (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()
+    };
+    let t0 = sample()?;
+    std::thread::sleep(Duration::from_secs(10));
+    let t1 = sample()?;
+    let r = rate(t0, t1) / MIB as f64;
+    ensure!(
+        (3.6..=4.4).contains(&r),
+        "at 4 MiB/s the measured rate over 10 s was {r:.2} MiB/s"
+    );
+    c.ok(&[
+        &"pair",
+        &"set",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"12MiB",
+    ])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let t2 = sample()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let t3 = sample()?;
+    let r = rate(t2, t3) / MIB as f64;
+    ensure!(
+        (10.8..=13.2).contains(&r),
+        "2 s after the change to 12 MiB/s the rate was {r:.2} MiB/s"
+    );
+    tree::make_writable(c.work.path());
+    Ok(())
+}
+
+#[test]
+fn under_a_steady_writer_the_lag_stays_under_a_second() -> Result<()> {
+    let c = Cluster::start(2, |_| NodeOptions::default())?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"pair", &"node1:data", &"node2:data"])?;
+    let file = c.work.path().join("small");
+    fs::write(&file, vec![7u8; 4096])?;
+    let start = Instant::now();
+    let mut next_sample = start + Duration::from_secs(1);
+    let (mut lags, mut i) = (Vec::new(), 0u32);
+    while start.elapsed() < Duration::from_secs(21) {
+        c.ok(&[&"put", &file, &format!("node1:data/f{i}")])?;
+        i += 1;
+        if Instant::now() >= next_sample {
+            let row = c.pairing("node1", "node2:data")?;
+            lags.push(row["lag_seconds"].as_f64().unwrap_or(f64::MAX));
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    ensure!(lags.len() >= 18, "only {} samples in 21 s", lags.len());
+    let worst = lags.iter().copied().fold(0.0, f64::max);
+    ensure!(
+        worst < 1.0,
+        "the lag reached {worst:.3} s while {i} commits were written: {lags:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn deep_verify_names_a_chunk_corrupted_on_the_slave_and_exits_3() -> Result<()> {
+    let mut c = Cluster::start(2, |_| NodeOptions::default())?;
+    let src = c.work.path().join("src");
+    let mut t = TreeBuilder::new(&src, 3)?;
+    t.dir("docs", 0o755)?
+        .file("docs/plain.txt", 100_000, 0o644)?;
+    let marker: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    t.file_with("docs/victim.bin", &marker, 0o644)?;
+    t.finish()?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[&"pair", &"node1:data", &"node2:data"])?;
+    c.wait_sync("node1:data", "node2:data")?;
+
+    c.node(2).stop()?;
+    let image = c.node(2).device_path();
+    let mut bytes = fs::read(&image)?;
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &marker[1000..1064])
+        .context("the victim's data is not in the slave's image")?;
+    bytes[at + 10] ^= 0x01;
+    fs::write(&image, &bytes)?;
+    drop(bytes);
+    c.node(2).launch()?;
+
+    c.verify_match("node1:data", "node2:data", false)?;
+    let out = run_output(
+        &mut c.replctl(&[&"verify", &"--deep", &"node1:data", &"node2:data"]),
+        CLI_TIMEOUT,
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.code() == Some(3),
-        "exit {:?}: {}",
+        "verify --deep exited {:?}: {stdout}{}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        stdout.contains("differs: /extra"),
-        "verify output: {stdout}"
+        stdout.contains("differs: /docs/victim.bin") && !stdout.contains("plain.txt"),
+        "verify --deep named: {stdout}"
     );
+    tree::make_writable(c.work.path());
     Ok(())
 }

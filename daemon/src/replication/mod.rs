@@ -388,12 +388,14 @@ impl Connect for TonicConnect {
 #[derive(Clone)]
 pub struct ReplicationService {
     sink: EngineSink,
+    shutdown: CancellationToken,
 }
 
 impl ReplicationService {
-    /// Serves streams into `sink`.
-    pub fn new(sink: EngineSink) -> ReplicationService {
-        ReplicationService { sink }
+    /// Serves streams into `sink` until `shutdown`, which ends every stream at once (a stream
+    /// never ends by itself, and the server's drain would otherwise wait for it).
+    pub fn new(sink: EngineSink, shutdown: CancellationToken) -> ReplicationService {
+        ReplicationService { sink, shutdown }
     }
 }
 
@@ -418,11 +420,22 @@ impl pb::replication_server::Replication for ReplicationService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let sink = self.sink.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let limits = repl_agent::Limits {
                 max_batch_bytes: MAX_BATCH_BYTES,
             };
-            repl_agent::receiver::serve(&sink, &peer, limits, inbound, tx).await;
+            let last_word = tx.clone();
+            tokio::select! {
+                () = repl_agent::receiver::serve(&sink, &peer, limits, inbound, tx) => {}
+                () = shutdown.cancelled() => {
+                    // An apply under way finishes or not as a whole; the sender resumes from
+                    // the durable checkpoint when the node is back.
+                    let _ = last_word
+                        .send(Err(Status::unavailable("the slave's node is shutting down")))
+                        .await;
+                }
+            }
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
