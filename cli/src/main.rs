@@ -106,7 +106,7 @@ enum Command {
     /// Pair a master PFS with a slave PFS on another node; streaming starts at once.
     ///
     /// Example: replctl pair node1:data node2:data --bandwidth 50MiB
-    Pair(replication::PairArgs),
+    Pair(Box<replication::PairArgs>),
     /// Remove a pairing on both nodes.
     Unpair(replication::UnpairArgs),
     /// Replication status: one row per pairing this node feeds, and per slave it holds.
@@ -181,7 +181,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
         Command::Import(a) => import::run(ctx, a).await,
         Command::Export(a) => export::run(ctx, a).await,
-        Command::Pair(a) => replication::pair(ctx, a).await,
+        Command::Pair(a) => replication::pair(ctx, *a).await,
         Command::Unpair(a) => replication::unpair(ctx, a).await,
         Command::Status(a) => replication::status(ctx, a).await,
         Command::WaitSync(a) => replication::wait_sync(ctx, a).await,
