@@ -1,4 +1,4 @@
-//! Progress display for long work (import, export; later wait-sync): an indicatif bar with
+//! Progress display for long work (import, export; wait-sync draws its own bar): an indicatif bar with
 //! bytes, rate and ETA when stderr is a terminal, a plain line every [`LINE_INTERVAL`]
 //! otherwise (logs and CI stay readable), nothing with `--quiet`.
 

@@ -408,6 +408,8 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
         .pfs
         .map_or(0, |p| p.head_tid);
     let started = Instant::now();
+    let mut bar = None;
+    let mut first = None;
     loop {
         let synced = s
             .pfs_status(pb::PfsStatusRequest {
@@ -418,6 +420,7 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
             .pfs
             .map_or(0, |p| p.head_tid);
         if synced >= head {
+            drop(bar);
             if !ctx.quiet {
                 eprintln!(
                     "in sync at {} after {:.1}s",
@@ -427,6 +430,16 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
             }
             return Ok(());
         }
+        // Progress is the share of the history's time span (TIDs are times) replicated since
+        // the call.
+        let from = *first.get_or_insert(synced);
+        let bar = bar.get_or_insert_with(|| sync_bar(ctx.quiet, head - from));
+        bar.set_position(synced - from);
+        bar.set_message(format!(
+            "slave at {}, {:.1}s of history behind",
+            Tid(synced),
+            Tid(synced).lag_secs(Tid(head))
+        ));
         if a.timeout
             .is_some_and(|t| started.elapsed() > Duration::from_secs(t))
         {
@@ -439,6 +452,22 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A bar on a terminal (nothing otherwise, or with `--quiet`).
+fn sync_bar(quiet: bool, span: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(span.max(1));
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} wait-sync [{elapsed_precise}] {wide_bar} {percent}% {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 #[derive(Debug, Serialize)]
