@@ -122,6 +122,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_node_cap_limits_a_pairing_that_has_no_limit_of_its_own() {
+        let t = Throttle {
+            pairing: Arc::new(Limiter::new(None)),
+            node: Arc::new(Limiter::new(Some(1_000_000))),
+        };
+        // The bucket lets 100 kB through at once; the other 200 kB take at least 0.2 s at
+        // 1 MB/s. Only the lower bound is asserted: a loaded machine may take longer.
+        let waited = t.wait(300_000).await;
+        assert!(waited >= Duration::from_millis(190), "waited only {waited:?}");
+    }
+
+    #[tokio::test]
     async fn an_unlimited_take_does_not_wait() {
         let t = Throttle {
             pairing: Arc::new(Limiter::new(None)),
