@@ -68,6 +68,16 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, for metrics that show zero counts too.
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Malformed,
+        Rejection::Sequence,
+        Rejection::Checksum,
+        Rejection::TooLarge,
+        Rejection::Order,
+        Rejection::Apply,
+    ];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -517,6 +517,29 @@ pub async fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
     if !matched {
         descend(&mut m, &mut s, &a, tid, String::new(), &mut differing).await?;
     }
+    // The master's node keeps the result for its metrics; a node that cannot take it (an older
+    // repld) does not change the verdict.
+    let slave_node = s
+        .node_info(pb::NodeInfoRequest {})
+        .await
+        .map(|r| r.into_inner().node_name)
+        .unwrap_or_default();
+    if let Err(e) = m
+        .verify_record(pb::VerifyRecordRequest {
+            master_pfs: a.master.pfs.to_string(),
+            slave_node,
+            slave_pfs: a.slave.pfs.to_string(),
+            tid,
+            matched,
+            deep: a.deep,
+        })
+        .await
+    {
+        eprintln!(
+            "replctl: warning: the master's node did not record the result: {}",
+            e.message()
+        );
+    }
     let out = VerifyJson {
         tid: Tid(tid).to_string(),
         result: if matched { "MATCH" } else { "MISMATCH" },

@@ -18,6 +18,7 @@
 //! - [`node`]: opening the storage engine from the config; `repld format` and `repld fsck`.
 //! - [`service`]: the Storage and Admin gRPC services over the engine.
 //! - [`replication`]: the pairings this node feeds and accepts, and the Replication service.
+//! - [`metrics`]: the Prometheus endpoint (`/metrics`, `/healthz`) on `metrics_listen`.
 //!
 //! [`run`] opens the engine, registers its services on [`Services`] (one line each), and closes
 //! the engine with [`Daemon::on_shutdown`] once the servers have drained; long-lived work (the
@@ -26,6 +27,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod server;
@@ -68,6 +70,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         device,
         std::sync::Arc::clone(&replication),
     );
+    let metrics_listener = metrics::bind(config.metrics_listen).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let metrics = std::sync::Arc::new(metrics::Metrics::new(
+        engine.clone(),
+        std::sync::Arc::clone(&replication),
+    )?);
     let receiver =
         replication::ReplicationService::new(replication.sink.clone(), shutdown.child_token());
     services.add_admin_service(with_message_limits!(StorageServer::new(storage), limit));
@@ -82,6 +90,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     services.long_running("/repld.v1.Storage/Export");
     services.long_running("/repld.v1.Storage/Get");
     let mut daemon = Daemon::bind(config, services).await?;
+    tracing::info!(metrics = %metrics_addr, "metrics on http://{metrics_addr}/metrics and /healthz");
+    daemon.add_essential("metrics endpoint", move |token| {
+        metrics::serve(metrics_listener, metrics, token)
+    });
     // After the servers have drained: make everything durable and release the device.
     daemon.on_shutdown("engine", async move {
         tokio::task::spawn_blocking(move || engine.close())

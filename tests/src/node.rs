@@ -404,6 +404,44 @@ impl TestNode {
         }
     }
 
+    /// The metrics endpoint's address, from the daemon's log of this start.
+    pub fn metrics_addr(&self) -> Result<SocketAddr> {
+        let text = self.log_text();
+        let line = text
+            .lines()
+            .find(|l| l.contains("metrics on http://"))
+            .with_context(|| format!("no metrics line in the log:\n{text}"))?;
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("metrics="))
+            .with_context(|| format!("no metrics= in: {line}"))?
+            .parse()
+            .with_context(|| format!("bad metrics address in: {line}"))
+    }
+
+    /// `GET path` on the metrics endpoint: the status code and the body.
+    pub fn metrics_get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(self.metrics_addr()?)
+            .context("connect to the metrics endpoint")?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)
+            .context("read the metrics response")?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no header end in: {raw}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no status in: {head}"))?;
+        Ok((code, body.to_owned()))
+    }
+
     /// The process id of the running daemon.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(std::process::Child::id)

@@ -866,6 +866,7 @@ impl Txn {
 
     /// Like [`Txn::commit`], also saying how many entries the commit changed.
     pub fn commit_counted(mut self) -> Result<Committed> {
+        let started = std::time::Instant::now();
         let work = Work::Commit {
             pfs: std::mem::take(&mut self.pfs),
             intents: std::mem::take(&mut self.intents),
@@ -876,7 +877,11 @@ impl Txn {
             writer::wait(earlier)?;
         }
         match writer::wait(rx)? {
-            Outcome::Committed(tid, entries) => Ok(Committed { tid, entries }),
+            Outcome::Committed(tid, entries) => {
+                let stats = &self.engine.inner.shared.stats;
+                stats.commit_latency.observe(started.elapsed());
+                Ok(Committed { tid, entries })
+            }
             other => Err(Error::Index(format!("unexpected writer outcome {other:?}"))),
         }
     }

@@ -32,6 +32,7 @@ mod exec;
 mod export;
 pub mod fsck;
 mod index;
+pub mod latency;
 mod log;
 mod read;
 pub mod record;
@@ -47,6 +48,7 @@ pub use engine::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;
+pub use latency::{HistogramSnapshot, LatencyHistogram};
 pub use read::{At, Entry, FileReader, PfsStats};
 pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
 pub use repl_types::{EntryPath, PfsName, Tid};

@@ -117,6 +117,10 @@ pub struct Stats {
     /// Whole records (commits, events) read back from the log by readers; the change scan's
     /// cost.
     pub records_read: AtomicU64,
+    /// Local commits, from the commit call until it returned durable.
+    pub commit_latency: crate::latency::LatencyHistogram,
+    /// `fdatasync` calls.
+    pub fsync_latency: crate::latency::LatencyHistogram,
 }
 
 /// State the writer shares with readers.
@@ -342,6 +346,7 @@ impl Writer {
                 .sync()
                 .map_err(|e| Error::Poisoned(format!("fdatasync failed: {e}")))?;
             stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            stats.fsync_latency.observe(t.elapsed());
             stats
                 .fsync_ns
                 .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);

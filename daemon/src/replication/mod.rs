@@ -47,9 +47,25 @@ pub struct Replication {
     store: Mutex<Store>,
     node_limiter: Arc<Limiter>,
     running: Mutex<Vec<Running>>,
+    verifies: Mutex<Vec<VerifyRecord>>,
     /// The receiver side, shared with the Replication service.
     pub sink: EngineSink,
     shutdown: CancellationToken,
+}
+
+/// The last `replctl verify` of a pairing, as reported by replctl.
+#[derive(Debug, Clone)]
+pub struct VerifyRecord {
+    /// The master PFS.
+    pub master_pfs: String,
+    /// The slave's node.
+    pub slave_node: String,
+    /// The slave PFS.
+    pub slave_pfs: String,
+    /// When, in seconds since the epoch.
+    pub at_secs: f64,
+    /// Whether the digests matched.
+    pub matched: bool,
 }
 
 /// A pairing's status row.
@@ -86,6 +102,7 @@ impl Replication {
                 config.replication.node_bandwidth.map(|b| b.bytes()),
             )),
             running: Mutex::new(Vec::new()),
+            verifies: Mutex::new(Vec::new()),
             sink,
             shutdown,
         });
@@ -343,6 +360,28 @@ impl Replication {
                 }
             })
             .collect()
+    }
+
+    /// Records the result of a verify of a pairing this node feeds (kept until restart).
+    pub fn record_verify(&self, v: VerifyRecord) {
+        let mut all = self
+            .verifies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|x| {
+            !(x.master_pfs == v.master_pfs
+                && x.slave_node == v.slave_node
+                && x.slave_pfs == v.slave_pfs)
+        });
+        all.push(v);
+    }
+
+    /// The last verify of each pairing since start.
+    pub fn verifies(&self) -> Vec<VerifyRecord> {
+        self.verifies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The masters accepted per slave PFS, and what the receiver saw.

@@ -29,6 +29,8 @@ pub struct SlaveView {
     pub applied: u64,
     /// Refusals by reason.
     pub rejected: HashMap<&'static str, u64>,
+    /// Time to apply a batch durably.
+    pub apply_latency: Arc<repld_engine::LatencyHistogram>,
 }
 
 /// The engine as the receiver of every stream on this node.
@@ -136,6 +138,7 @@ impl Session for EngineSession {
     async fn apply(&mut self, batch: CheckedBatch) -> Result<Position, Status> {
         let decoded = wire::decode(&batch.payload)
             .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
+        let started = Instant::now();
         let lock = self.sink.lock_for(self.pfs.as_str());
         let _one_at_a_time = lock.lock().await;
         let engine = self.sink.engine.clone();
@@ -182,7 +185,10 @@ impl Session for EngineSession {
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
         self.checkpoint = now;
-        self.view(|v| v.applied += 1);
+        self.view(|v| {
+            v.applied += 1;
+            v.apply_latency.observe(started.elapsed());
+        });
         Ok(now)
     }
 

@@ -269,6 +269,22 @@ impl pb::admin_server::Admin for AdminService {
             .map(Response::new)
     }
 
+    async fn verify_record(
+        &self,
+        req: Request<pb::VerifyRecordRequest>,
+    ) -> Result<Response<pb::VerifyRecordResponse>, Status> {
+        let r = req.into_inner();
+        self.replication
+            .record_verify(crate::replication::VerifyRecord {
+                master_pfs: r.master_pfs,
+                slave_node: r.slave_node,
+                slave_pfs: r.slave_pfs,
+                at_secs: repld_engine::Tid::now().as_secs_f64(),
+                matched: r.matched,
+            });
+        Ok(Response::new(pb::VerifyRecordResponse {}))
+    }
+
     async fn digest_dir(
         &self,
         req: Request<pb::DigestDirRequest>,
