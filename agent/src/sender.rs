@@ -482,13 +482,13 @@ async fn pending_since<S: Source>(
     if let Some(b) = window.front() {
         return Some(b.first_tid);
     }
-    // Unknown until the source says: assume the change right after the checkpoint.
-    source
-        .next_tid(acked.synced)
-        .await
-        .ok()
-        .flatten()
-        .or(Some(head))
+    // The change right after the checkpoint, if there is one: a head that no change carries
+    // (a new, empty master's creation TID) leaves nothing pending. If the source cannot say,
+    // the head is the safe guess: the lag shows rather than hides.
+    match source.next_tid(acked.synced).await {
+        Ok(next) => next,
+        Err(_) => Some(head),
+    }
 }
 
 /// Reads batches after `from` and hands them over once the throttle lets their bytes go. Waits

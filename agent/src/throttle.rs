@@ -130,7 +130,10 @@ mod tests {
         // The bucket lets 100 kB through at once; the other 200 kB take at least 0.2 s at
         // 1 MB/s. Only the lower bound is asserted: a loaded machine may take longer.
         let waited = t.wait(300_000).await;
-        assert!(waited >= Duration::from_millis(190), "waited only {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(190),
+            "waited only {waited:?}"
+        );
     }
 
     #[tokio::test]

@@ -115,6 +115,37 @@ pub struct VerifyArgs {
     pub max_paths: usize,
 }
 
+/// Both nodes of a pairing, and their names (their certificates' CNs).
+struct Ends {
+    m: Admin,
+    s: Admin,
+    master_node: String,
+    slave_node: String,
+}
+
+impl Ends {
+    async fn connect(ctx: &Ctx, master: &Target, slave: &Target) -> Result<Ends> {
+        let mut m = admin(ctx, master).await?;
+        let mut s = admin(ctx, slave).await?;
+        let master_node = m
+            .node_info(pb::NodeInfoRequest {})
+            .await?
+            .into_inner()
+            .node_name;
+        let slave_node = s
+            .node_info(pb::NodeInfoRequest {})
+            .await?
+            .into_inner()
+            .node_name;
+        Ok(Ends {
+            m,
+            s,
+            master_node,
+            slave_node,
+        })
+    }
+}
+
 async fn admin(
     ctx: &Ctx,
     t: &Target,
@@ -136,18 +167,12 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
     let (Some(master), Some(slave)) = (a.master, a.slave) else {
         bail!(UsageError("give MASTER and SLAVE, as NODE:PFS".into()));
     };
-    let mut m = admin(ctx, &master).await?;
-    let mut s = admin(ctx, &slave).await?;
-    let master_node = m
-        .node_info(pb::NodeInfoRequest {})
-        .await?
-        .into_inner()
-        .node_name;
-    let slave_node = s
-        .node_info(pb::NodeInfoRequest {})
-        .await?
-        .into_inner()
-        .node_name;
+    let Ends {
+        mut m,
+        mut s,
+        master_node,
+        slave_node,
+    } = Ends::connect(ctx, &master, &slave).await?;
     let slave_endpoint = match a.slave_endpoint {
         Some(u) => u,
         None => match ctx.nodes.resolve(slave.node.as_ref())?.endpoint {
@@ -224,18 +249,12 @@ async fn pair_set(ctx: &Ctx, master: &Target, slave: &Target, bandwidth: u64) ->
 
 /// Unpairs on both nodes.
 pub async fn unpair(ctx: &Ctx, a: UnpairArgs) -> Result<()> {
-    let mut m = admin(ctx, &a.master).await?;
-    let mut s = admin(ctx, &a.slave).await?;
-    let master_node = m
-        .node_info(pb::NodeInfoRequest {})
-        .await?
-        .into_inner()
-        .node_name;
-    let slave_node = s
-        .node_info(pb::NodeInfoRequest {})
-        .await?
-        .into_inner()
-        .node_name;
+    let Ends {
+        mut m,
+        mut s,
+        master_node,
+        slave_node,
+    } = Ends::connect(ctx, &a.master, &a.slave).await?;
     let on_master = m
         .unpair(pb::UnpairRequest {
             master_pfs: a.master.pfs.to_string(),
@@ -406,7 +425,15 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
         .await?
         .into_inner()
         .pfs
-        .map_or(0, |p| p.head_tid);
+        // A master with no commit yet has only its creation TID, which no change carries:
+        // there is nothing to wait for.
+        .map_or(0, |p| {
+            if p.head_tid == p.created_tid {
+                0
+            } else {
+                p.head_tid
+            }
+        });
     let started = Instant::now();
     let mut bar = None;
     let mut first = None;

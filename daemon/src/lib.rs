@@ -76,8 +76,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         engine.clone(),
         std::sync::Arc::clone(&replication),
     )?);
-    let receiver =
-        replication::ReplicationService::new(replication.sink.clone(), shutdown.child_token());
+    let receiver = replication::ReplicationService::new(
+        replication.sink.clone(),
+        shutdown.child_token(),
+        limit,
+    );
     services.add_admin_service(with_message_limits!(StorageServer::new(storage), limit));
     services.add_admin_service(with_message_limits!(AdminServer::new(admin), limit));
     services.add_peer_service(with_message_limits!(

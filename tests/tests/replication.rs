@@ -195,6 +195,20 @@ fn a_paired_slave_catches_up_and_verifies_equal_to_its_master() -> Result<()> {
     c.verify_match("node1:data", "node2:data", false)?;
     c.verify_match("node1:data", "node2:data", true)?;
 
+    // A master with no commit is in sync at once, with no lag.
+    c.ok(&[&"pfs", &"create", &"node1:empty"])?;
+    c.ok(&[&"pair", &"node1:empty", &"node2:empty"])?;
+    c.ok(&[&"wait-sync", &"node1:empty", &"node2:empty", &"--timeout", &"10"])?;
+    let row = c.wait_pairing("node1", "node2:empty", "the stream up", |r| {
+        r["state"] == "streaming"
+    })?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let row2 = c.pairing("node1", "node2:empty")?;
+    ensure!(
+        row2["lag_seconds"].as_f64() == Some(0.0),
+        "an empty master shows lag: {row} then {row2}"
+    );
+
     // A later change streams with no command, and the exports agree at the synced TID.
     c.ok(&[&"mkdir", &"node1:data/later"])?;
     c.wait_sync("node1:data", "node2:data")?;
@@ -311,24 +325,26 @@ fn two_slaves_match_and_a_stopped_one_does_not_stop_the_other() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_slave_killed_mid_initial_sync_resumes_without_resending_more_than_two_batches() -> Result<()> {
+/// Imports `files` x `each` bytes on node1, pairs at `rate`, SIGKILLs node `victim` once more
+/// than `after` bytes went out, restarts it, lifts the limit, and requires a deep MATCH. Returns
+/// the master's status row for the pairing.
+fn crash_mid_sync(
+    victim: usize,
+    files: usize,
+    each: usize,
+    rate: &str,
+    after: u64,
+) -> Result<Value> {
     let mut c = Cluster::start(2, big_opts)?;
-    let src = tree_of(c.work.path(), 7, 30 << 20)?;
+    let src = tree_of(c.work.path(), files, each)?;
     c.ok(&[&"pfs", &"create", &"node1:data"])?;
     c.ok(&[&"import", &src, &"node1:data"])?;
-    c.ok(&[
-        &"pair",
-        &"node1:data",
-        &"node2:data",
-        &"--bandwidth",
-        &"40MiB",
-    ])?;
-    c.wait_pairing("node1", "node2:data", "60 MiB sent", |r| {
-        bytes_of(r, "bytes_sent") > 60 * MIB
+    c.ok(&[&"pair", &"node1:data", &"node2:data", &"--bandwidth", &rate])?;
+    c.wait_pairing("node1", "node2:data", "the sync under way", |r| {
+        bytes_of(r, "bytes_sent") > after
     })?;
-    c.node(2).kill()?;
-    c.node(2).launch()?;
+    c.node(victim).kill()?;
+    c.node(victim).launch()?;
     c.ok(&[
         &"pair",
         &"set",
@@ -340,46 +356,27 @@ fn a_slave_killed_mid_initial_sync_resumes_without_resending_more_than_two_batch
     c.wait_sync("node1:data", "node2:data")?;
     c.verify_match("node1:data", "node2:data", true)?;
     let row = c.pairing("node1", "node2:data")?;
+    tree::make_writable(c.work.path());
+    Ok(row)
+}
+
+#[test]
+fn a_slave_killed_mid_initial_sync_resumes_without_resending_more_than_two_batches() -> Result<()> {
+    // 210 MiB at 40 MiB/s, the slave killed after 60 MiB.
+    let row = crash_mid_sync(2, 7, 30 << 20, "40MiB", 60 * MIB)?;
     let resent = bytes_of(&row, "bytes_resent");
     ensure!(
         resent <= 2 * (BATCH + MIB),
         "{resent} bytes were sent twice; at most 2 batches may be: {row}"
     );
     ensure!(bytes_of(&row, "reconnects") >= 1, "{row}");
-    tree::make_writable(c.work.path());
     Ok(())
 }
 
 #[test]
 fn a_master_killed_mid_stream_resumes_after_restart() -> Result<()> {
-    let mut c = Cluster::start(2, big_opts)?;
-    let src = tree_of(c.work.path(), 4, 20 << 20)?;
-    c.ok(&[&"pfs", &"create", &"node1:data"])?;
-    c.ok(&[&"import", &src, &"node1:data"])?;
-    c.ok(&[
-        &"pair",
-        &"node1:data",
-        &"node2:data",
-        &"--bandwidth",
-        &"20MiB",
-    ])?;
-    c.wait_pairing("node1", "node2:data", "20 MiB sent", |r| {
-        bytes_of(r, "bytes_sent") > 20 * MIB
-    })?;
-    c.node(1).kill()?;
-    c.node(1).launch()?;
-    c.ok(&[
-        &"pair",
-        &"set",
-        &"node1:data",
-        &"node2:data",
-        &"--bandwidth",
-        &"0",
-    ])?;
-    c.wait_sync("node1:data", "node2:data")?;
-    c.verify_match("node1:data", "node2:data", true)?;
-    tree::make_writable(c.work.path());
-    Ok(())
+    // 80 MiB at 20 MiB/s, the master killed after 20 MiB; its pairing restarts from its store.
+    crash_mid_sync(1, 4, 20 << 20, "20MiB", 20 * MIB).map(drop)
 }
 
 #[test]

@@ -315,14 +315,20 @@ impl Replication {
         let mut next = store.settings.clone();
         next.upstreams.retain(|u| u.slave_pfs != up.slave_pfs);
         next.upstreams.push(up);
+        self.save_upstreams(&mut store, next)
+    }
+
+    /// Saves settings whose accepted masters changed, and hands those to the receiver.
+    fn save_upstreams(&self, store: &mut Store, next: Settings) -> Result<(), Status> {
+        let upstreams = next.upstreams.clone();
         store
-            .save(next.clone())
+            .save(next)
             .map_err(|e| Status::internal(format!("{e:#}")))?;
         *self
             .sink
             .upstreams
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = next.upstreams;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = upstreams;
         Ok(())
     }
 
@@ -334,14 +340,7 @@ impl Replication {
             .retain(|u| !(u.slave_pfs == slave_pfs && u.master_node == master_node));
         let removed = next.upstreams.len() != store.settings.upstreams.len();
         if removed {
-            store
-                .save(next.clone())
-                .map_err(|e| Status::internal(format!("{e:#}")))?;
-            *self
-                .sink
-                .upstreams
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = next.upstreams;
+            self.save_upstreams(&mut store, next)?;
         }
         Ok(removed)
     }
@@ -428,13 +427,29 @@ impl Connect for TonicConnect {
 pub struct ReplicationService {
     sink: EngineSink,
     shutdown: CancellationToken,
+    max_batch_bytes: u64,
 }
 
 impl ReplicationService {
     /// Serves streams into `sink` until `shutdown`, which ends every stream at once (a stream
     /// never ends by itself, and the server's drain would otherwise wait for it).
-    pub fn new(sink: EngineSink, shutdown: CancellationToken) -> ReplicationService {
-        ReplicationService { sink, shutdown }
+    ///
+    /// Batches up to `max_message_bytes` less 64 KiB of framing are accepted: senders aim at
+    /// [`MAX_BATCH_BYTES`], but a single change record (a transaction of very many operations)
+    /// travels whole and may be larger.
+    pub fn new(
+        sink: EngineSink,
+        shutdown: CancellationToken,
+        max_message_bytes: usize,
+    ) -> ReplicationService {
+        let max_batch_bytes = (max_message_bytes as u64)
+            .saturating_sub(64 << 10)
+            .max(MAX_BATCH_BYTES);
+        ReplicationService {
+            sink,
+            shutdown,
+            max_batch_bytes,
+        }
     }
 }
 
@@ -460,10 +475,9 @@ impl pb::replication_server::Replication for ReplicationService {
         let (tx, rx) = mpsc::channel(16);
         let sink = self.sink.clone();
         let shutdown = self.shutdown.clone();
+        let max_batch_bytes = self.max_batch_bytes;
         tokio::spawn(async move {
-            let limits = repl_agent::Limits {
-                max_batch_bytes: MAX_BATCH_BYTES,
-            };
+            let limits = repl_agent::Limits { max_batch_bytes };
             let last_word = tx.clone();
             tokio::select! {
                 () = repl_agent::receiver::serve(&sink, &peer, limits, inbound, tx) => {}
