@@ -626,10 +626,7 @@ fn check_config_names_the_malformed_field_and_exits_non_zero() -> Result<()> {
             good.replace("[limits]\n", "[limits]\nrequest_timeout = \"60\"\n"),
             "limits.request_timeout",
         ),
-        (
-            good.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost-7420\""),
-            "listen",
-        ),
+        (with_listen(&good, "localhost-7420"), "listen"),
         (
             good.replace("[limits]\n", "[limits]\nmax_message_bytes = \"lots\"\n"),
             "limits.max_message_bytes",
@@ -658,11 +655,10 @@ fn check_config_names_the_malformed_field_and_exits_non_zero() -> Result<()> {
             "devices[0].size",
         ),
         (
-            good.replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"")
-                .replace(
-                    "allow_plaintext_loopback = false",
-                    "allow_plaintext_loopback = true",
-                ),
+            with_listen(&good, "0.0.0.0:0").replace(
+                "allow_plaintext_loopback = false",
+                "allow_plaintext_loopback = true",
+            ),
             "tls.allow_plaintext_loopback",
         ),
         // A syntax error has no field yet: the message shows the offending line.
@@ -697,4 +693,21 @@ fn check_config_names_the_malformed_field_and_exits_non_zero() -> Result<()> {
     }
     let after = rt.block_on(StoredState::read(&node))?;
     before.assert_unchanged(&after, "check-config of malformed configs")
+}
+
+/// `config` with its `listen = ...` line set to `addr` (a started node listens on the port it
+/// bound first, not on port 0).
+fn with_listen(config: &str, addr: &str) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen = ") {
+                format!("listen = \"{addr}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
