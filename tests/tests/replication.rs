@@ -198,7 +198,13 @@ fn a_paired_slave_catches_up_and_verifies_equal_to_its_master() -> Result<()> {
     // A master with no commit is in sync at once, with no lag.
     c.ok(&[&"pfs", &"create", &"node1:empty"])?;
     c.ok(&[&"pair", &"node1:empty", &"node2:empty"])?;
-    c.ok(&[&"wait-sync", &"node1:empty", &"node2:empty", &"--timeout", &"10"])?;
+    c.ok(&[
+        &"wait-sync",
+        &"node1:empty",
+        &"node2:empty",
+        &"--timeout",
+        &"10",
+    ])?;
     let row = c.wait_pairing("node1", "node2:empty", "the stream up", |r| {
         r["state"] == "streaming"
     })?;
