@@ -17,17 +17,24 @@
 //! - [`node`]: a real `repld` process and `replctl` commands against it.
 //! - [`tree`]: directory trees to import, generated on disk.
 //! - [`operator`]: `replctl import` and `cp -a` + `sync -f` of a tree, timed side by side.
+//! - [`cluster`]: nodes sharing a CA that replicate over mutual TLS on loopback, a replctl
+//!   config naming them, in-process gRPC clients on their admin sockets.
+//! - [`tls_loopback`]: the raw throughput of one rustls connection on loopback.
+//! - [`rsyncd`]: an `rsync --daemon` on loopback, and `rsync -a` to it.
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`run`].
 
+pub mod cluster;
 pub mod data;
 pub mod fixture;
 pub mod machine;
 pub mod node;
 pub mod operator;
 pub mod report;
+pub mod rsyncd;
 pub mod scenario;
 pub mod scenarios;
+pub mod tls_loopback;
 pub mod tree;
 
 use std::path::PathBuf;

@@ -88,6 +88,8 @@ pub struct Node {
     bins: Binaries,
     dir: PathBuf,
     socket: PathBuf,
+    listen: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -97,24 +99,32 @@ impl Node {
     /// `device_bytes`) and starts it; returns once it answers on its admin socket.
     pub fn start(bins: &Binaries, dir: &Path, device_bytes: u64) -> Result<Node> {
         let certs = dir.join("certs");
-        let out = run(Command::new(&bins.replctl)
-            .args(["certs", "init"])
-            .arg(&certs)
-            .args(["--node", "bench", "--admin", "admin"]))?;
-        ensure!(
-            out.status.success(),
-            "replctl certs init failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        certs_init(bins, &certs, &["bench"], &["admin"])?;
+        Node::start_with(bins, dir, "bench", &certs, device_bytes)
+    }
+
+    /// Sets up a node named `name` in the empty directory `dir`, with the certificates in
+    /// `certs` (made by [`certs_init`] with `name` among its nodes and `admin` among its
+    /// admins, possibly shared with other nodes), and starts it; returns once it answers on its
+    /// admin socket.
+    pub fn start_with(
+        bins: &Binaries,
+        dir: &Path,
+        name: &str,
+        certs: &Path,
+        device_bytes: u64,
+    ) -> Result<Node> {
         let socket = dir.join("admin.sock");
         ensure!(
             socket.as_os_str().len() <= MAX_SOCKET_PATH_BYTES,
             "the admin socket path {} is longer than {MAX_SOCKET_PATH_BYTES} bytes: use a shorter --dir",
             socket.display()
         );
+        let listen = free_loopback_addr()?;
+        let metrics = free_loopback_addr()?;
         let config = dir.join("repld.toml");
         let text = format!(
-            "node_name = \"bench\"\n\
+            "node_name = {name}\n\
              data_dir = {data}\n\
              listen = \"{listen}\"\n\
              admin_socket = {socket}\n\
@@ -131,13 +141,12 @@ impl Node {
              cert = {cert}\n\
              key = {key}\n\
              admins = [\"admin\"]\n",
+            name = serde_json::to_string(name).context("quote the node name")?,
             data = toml_path(&dir.join("data"))?,
-            listen = free_loopback_addr()?,
             socket = toml_path(&socket)?,
-            metrics = free_loopback_addr()?,
             ca = toml_path(&certs.join("ca.pem"))?,
-            cert = toml_path(&certs.join("bench.pem"))?,
-            key = toml_path(&certs.join("bench.key"))?,
+            cert = toml_path(&certs.join(format!("{name}.pem")))?,
+            key = toml_path(&certs.join(format!("{name}.key")))?,
         );
         std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
         let replctl_config = dir.join("replctl.toml");
@@ -161,6 +170,8 @@ impl Node {
             bins: bins.clone(),
             dir: dir.to_owned(),
             socket,
+            listen,
+            metrics,
             log,
             child: Some(child),
         };
@@ -215,6 +226,30 @@ impl Node {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(out)
+    }
+
+    /// The node's admin socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The loopback address its gRPC listener (mutual TLS) is bound to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    /// The node's Prometheus metrics (`GET /metrics` on `metrics_listen`), each value summed
+    /// over its label sets, by name (a histogram as `NAME_sum` and `NAME_count`).
+    pub fn metrics(&self) -> Result<Metrics> {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(self.metrics)
+            .with_context(|| format!("connect to the metrics endpoint {}", self.metrics))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut text = String::new();
+        c.read_to_string(&mut text)
+            .context("read the metrics response")?;
+        Ok(Metrics::parse(&text))
     }
 
     /// The daemon's process id.
@@ -279,6 +314,26 @@ impl Drop for Node {
     }
 }
 
+/// `replctl certs init DIR --node N... --admin A...`: a CA and a certificate for each name,
+/// `DIR/NAME.pem` and `DIR/NAME.key`.
+pub fn certs_init(bins: &Binaries, dir: &Path, nodes: &[&str], admins: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(&bins.replctl);
+    cmd.args(["certs", "init"]).arg(dir);
+    for n in nodes {
+        cmd.args(["--node", n]);
+    }
+    for a in admins {
+        cmd.args(["--admin", a]);
+    }
+    let out = run(&mut cmd)?;
+    ensure!(
+        out.status.success(),
+        "replctl certs init failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Runs a command to completion (stdin closed), capturing its output.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null())
@@ -287,7 +342,7 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
 }
 
 /// A loopback address with a port no one listens on now (the kernel picks it).
-fn free_loopback_addr() -> Result<std::net::SocketAddr> {
+pub fn free_loopback_addr() -> Result<std::net::SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0 to find a free port")?;
     l.local_addr().context("the address of a bound socket")
 }
@@ -298,6 +353,44 @@ fn toml_path(p: &Path) -> Result<String> {
         .to_str()
         .with_context(|| format!("{} is not valid UTF-8", p.display()))?;
     serde_json::to_string(s).context("quote a path")
+}
+
+/// A node's metrics, by name, summed over their label sets.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    /// Reads the Prometheus text format (the HTTP header lines do not parse as samples).
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = std::collections::HashMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name_labels, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let name = name_labels.split('{').next().unwrap_or_default();
+            if !name.starts_with("repld_") {
+                continue;
+            }
+            if let Ok(v) = value.parse::<f64>() {
+                *m.entry(name.to_owned()).or_insert(0.0) += v;
+            }
+        }
+        Metrics(m)
+    }
+
+    /// A value, 0 when absent.
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// `name`'s increase from `earlier` to `self`.
+    pub fn delta(&self, earlier: &Metrics, name: &str) -> f64 {
+        self.get(name) - earlier.get(name)
+    }
 }
 
 /// CPU time of a process and its run-queue delay, from `/proc`.
@@ -370,6 +463,18 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains(BUILD_HINT), "{msg}");
         assert!(msg.contains("repld and replctl"), "{msg}");
+    }
+
+    #[test]
+    fn metrics_are_summed_over_labels() {
+        let m = Metrics::parse(
+            "HTTP/1.0 200 OK\r\n\r\n# HELP repld_fsyncs_total x\nrepld_fsyncs_total 12\n\
+             repld_replication_apply_duration_seconds_sum{pfs=\"a\"} 1.5\n\
+             repld_replication_apply_duration_seconds_sum{pfs=\"b\"} 0.5\nother 3\n",
+        );
+        assert_eq!(m.get("repld_fsyncs_total"), 12.0);
+        assert_eq!(m.get("repld_replication_apply_duration_seconds_sum"), 2.0);
+        assert_eq!(m.get("other"), 0.0);
     }
 
     #[test]

@@ -166,6 +166,12 @@ impl Figure {
         }
     }
 
+    /// The same figure with a target (for figures that are not ratios).
+    pub fn with_target(mut self, target: Target) -> Figure {
+        self.target = Some(target);
+        self
+    }
+
     /// The same figure with a note on how it was measured.
     pub fn note(mut self, note: impl Into<String>) -> Figure {
         self.note = Some(note.into());

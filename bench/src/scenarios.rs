@@ -6,13 +6,21 @@
 //! - [`import_throughput`]: `replctl import` of a mixed tree into a running node vs `cp -a`
 //!   (issue 3).
 //! - [`import_small_files`]: files/s of `replctl import` of 4 KiB files (issue 3).
+//! - [`initial_sync`]: `replctl pair` + `wait-sync` of a mixed 1 GiB tree between two nodes
+//!   against the lower of TLS loopback and write + `fdatasync` throughput (issue 4).
+//! - [`incremental_sync`]: a 1% change of 100,000 files streamed to a paired slave vs
+//!   `rsync -a` of it to an rsync daemon (issue 4).
+//! - [`lag`]: a pairing's lag under a steady writer (issue 4).
 //!
 //! A new scenario is a module here plus one line in [`registry`].
 
 pub mod commit_rate;
 pub mod import_small_files;
 pub mod import_throughput;
+pub mod incremental_sync;
 pub mod index_rebuild;
+pub mod initial_sync;
+pub mod lag;
 pub mod large_write;
 
 use crate::scenario::Scenario;
@@ -25,6 +33,9 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(index_rebuild::IndexRebuild),
         Box::new(import_throughput::ImportThroughput),
         Box::new(import_small_files::ImportSmallFiles),
+        Box::new(initial_sync::InitialSync),
+        Box::new(incremental_sync::IncrementalSync),
+        Box::new(lag::Lag),
     ]
 }
 

@@ -107,6 +107,11 @@ pub fn small_files(root: &Path, count: u64, size: usize, dirs: u64, seed: u64) -
 }
 
 impl Tree {
+    /// Every regular file of the tree, in the order it was generated.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
     fn new(root: &Path) -> Result<Tree> {
         std::fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
         Ok(Tree {

@@ -1,5 +1,5 @@
 //! The harness runs end to end in quick mode: the binary, a real engine, a scratch directory,
-//! and for the import scenarios real `repld` and `replctl` processes.
+//! and for the import and replication scenarios real `repld` and `replctl` processes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -172,4 +172,77 @@ fn import_scenarios_without_the_binaries_say_how_to_build_them() {
         stderr.contains("build them: cargo build --release -p repld -p replctl"),
         "{stderr}"
     );
+}
+
+#[test]
+fn quick_replication_scenarios_sync_two_nodes_verify_and_clean_up() {
+    let bins = bin_dir();
+    if !bins.join("repld").is_file() || !bins.join("replctl").is_file() {
+        eprintln!(
+            "skipped: repld and replctl are not in {} (build them with the same profile and \
+             CARGO_TARGET_DIR: cargo build -p repld -p replctl)",
+            bins.display()
+        );
+        return;
+    }
+    let rsync = std::process::Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut scenarios = vec!["initial-sync", "lag"];
+    if rsync {
+        scenarios.push("incremental-sync");
+    } else {
+        eprintln!("incremental-sync skipped: rsync is not installed (scripts/setup installs it)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench()
+        .args(["--quick", "--json", "-s", &scenarios.join(","), "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run repl-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let figure = |scenario: &str, name: &str| {
+        v["scenarios"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == scenario))
+            .and_then(|s| s["figures"].as_array())
+            .and_then(|f| f.iter().find(|f| f["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no figure `{name}` of {scenario} in {v}"))
+    };
+    let median = |scenario: &str, name: &str| figure(scenario, name)["median"].as_f64();
+
+    let ratio = figure("initial-sync", "replication / lower limit");
+    assert_eq!(ratio["target"]["at_least"], 0.5, "{ratio}");
+    assert!(ratio["median"].as_f64() > Some(0.0), "{ratio}");
+    assert!(median("initial-sync", "limit: TLS loopback") > Some(0.0));
+    assert!(median("initial-sync", "limit: write + fdatasync") > Some(0.0));
+    assert!(median("initial-sync", "verify: entries (MATCH)") > Some(1.0));
+    assert_eq!(median("initial-sync", "replication: reconnects"), Some(0.0));
+
+    let p99 = figure("lag", "lag p99");
+    assert_eq!(p99["target"]["at_most"], 1.0, "{p99}");
+    assert!(median("lag", "writer: commits/s") > Some(10.0));
+    assert!(median("lag", "verify: entries (MATCH)") > Some(10.0));
+
+    if rsync {
+        let ratio = figure("incremental-sync", "rsync / repld");
+        assert_eq!(ratio["target"]["at_least"], 10.0, "{ratio}");
+        assert!(ratio["median"].as_f64() > Some(0.0), "{ratio}");
+        // 5,000 files in quick mode, one in 100 rewritten: only they make new versions.
+        assert_eq!(
+            median("incremental-sync", "repld: versions the change added"),
+            Some(50.0)
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read the data dir")
+        .collect();
+    assert!(left.is_empty(), "the harness left data behind: {left:?}");
 }

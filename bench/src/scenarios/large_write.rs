@@ -105,8 +105,10 @@ impl Scenario for LargeWrite {
     }
 }
 
-struct Side {
-    secs: f64,
+/// One measured side.
+pub(crate) struct Side {
+    /// Wall seconds.
+    pub(crate) secs: f64,
     /// CPU seconds of the whole process (all threads) during the side.
     cpu_secs: f64,
     /// Scheduler accounting of the calling thread and (for the engine) its writer thread.
@@ -144,7 +146,9 @@ fn engine_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
     })
 }
 
-fn plain_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
+/// The plain side: a new file in a fresh scratch directory, `size` bytes of stream 2 of `pool`
+/// in 1 MiB writes, one `sync_data`; page-cache warm-up and `syncfs` before the clock starts.
+pub(crate) fn plain_side(ctx: &Ctx, pool: &Incompressible, size: u64) -> Result<Side> {
     let dir = ctx.scratch("large-write-plain")?;
     let path = dir.path().join("plain.bin");
     fixture::warm_page_cache(dir.path(), size)?;
