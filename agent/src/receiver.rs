@@ -13,6 +13,9 @@ use tonic::Status;
 use crate::position::Position;
 use crate::{PROTOCOL_VERSION, payload_crc};
 
+/// Messages read ahead of the batch being applied.
+const READ_AHEAD: usize = 2;
+
 /// Limits the receiver enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -138,7 +141,7 @@ pub async fn serve<S, In>(
     out: mpsc::Sender<Result<pb::ReceiverMessage, Status>>,
 ) where
     S: Sink,
-    In: Stream<Item = Result<pb::SenderMessage, Status>> + Unpin + Send,
+    In: Stream<Item = Result<pb::SenderMessage, Status>> + Unpin + Send + 'static,
 {
     let first = inbound.next().await;
     let hello = match first {
@@ -163,7 +166,19 @@ pub async fn serve<S, In>(
             return;
         }
     };
-    if let Err((why, status)) = stream(&mut session, limits, &mut inbound, &out).await {
+    // Read the next batches while one is applied, so the sender's window keeps the link busy.
+    let (ahead_tx, ahead) = mpsc::channel(READ_AHEAD);
+    let reader = tokio::spawn(async move {
+        while let Some(m) = inbound.next().await {
+            if ahead_tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut inbound = tokio_stream::wrappers::ReceiverStream::new(ahead);
+    let result = stream(&mut session, limits, &mut inbound, &out).await;
+    reader.abort();
+    if let Err((why, status)) = result {
         session.rejected(why);
         tracing::warn!(peer, slave = %hello.slave_pfs, reason = why.label(), error = %status.message(), "replication stream ended by a refusal");
         let _ = out.send(Err(status)).await;

@@ -115,6 +115,20 @@ pub struct VerifyArgs {
     pub max_paths: usize,
 }
 
+/// A PFS's catalog entry (role, head TID, ...), from the cheap listing: `PfsStatus` also
+/// counts every entry, which a poll cannot afford on a large PFS.
+async fn pfs_info(admin: &mut Admin, t: &Target) -> Result<pb::PfsInfo> {
+    let name = t.pfs.to_string();
+    admin
+        .pfs_list(pb::PfsListRequest {})
+        .await?
+        .into_inner()
+        .pfses
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| anyhow!("no PFS {name} on that node: check `replctl pfs list`"))
+}
+
 /// Both nodes of a pairing, and their names (their certificates' CNs).
 struct Ends {
     m: Admin,
@@ -183,14 +197,10 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
             )),
         },
     };
-    let info = m
-        .pfs_status(pb::PfsStatusRequest {
-            name: master.pfs.to_string(),
-        })
+    let shared_uuid = pfs_info(&mut m, &master)
         .await
         .context("look up the master PFS")?
-        .into_inner();
-    let shared_uuid = info.pfs.map(|p| p.shared_uuid).unwrap_or_default();
+        .shared_uuid;
     let accepted = s
         .pair_accept(pb::PairAcceptRequest {
             slave_pfs: slave.pfs.to_string(),
@@ -418,34 +428,19 @@ fn print_status(s: &StatusJson) {
 pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
     let mut m = admin(ctx, &a.master).await?;
     let mut s = admin(ctx, &a.slave).await?;
-    let head = m
-        .pfs_status(pb::PfsStatusRequest {
-            name: a.master.pfs.to_string(),
-        })
-        .await?
-        .into_inner()
-        .pfs
-        // A master with no commit yet has only its creation TID, which no change carries:
-        // there is nothing to wait for.
-        .map_or(0, |p| {
-            if p.head_tid == p.created_tid {
-                0
-            } else {
-                p.head_tid
-            }
-        });
+    let master_info = pfs_info(&mut m, &a.master).await?;
+    // A master with no commit yet has only its creation TID, which no change carries: there is
+    // nothing to wait for.
+    let head = if master_info.head_tid == master_info.created_tid {
+        0
+    } else {
+        master_info.head_tid
+    };
     let started = Instant::now();
     let mut bar = None;
     let mut first = None;
     loop {
-        let synced = s
-            .pfs_status(pb::PfsStatusRequest {
-                name: a.slave.pfs.to_string(),
-            })
-            .await?
-            .into_inner()
-            .pfs
-            .map_or(0, |p| p.head_tid);
+        let synced = pfs_info(&mut s, &a.slave).await?.head_tid;
         if synced >= head {
             drop(bar);
             if !ctx.quiet {
@@ -477,7 +472,7 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
                 Tid(head)
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -513,14 +508,7 @@ pub async fn verify(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
     let mut s = admin(ctx, &a.slave).await?;
     let tid = match a.at {
         Some(t) => t.get(),
-        None => s
-            .pfs_status(pb::PfsStatusRequest {
-                name: a.slave.pfs.to_string(),
-            })
-            .await?
-            .into_inner()
-            .pfs
-            .map(|p| p.head_tid)
+        None => Some(pfs_info(&mut s, &a.slave).await?.head_tid)
             .filter(|&t| t != 0)
             .ok_or_else(|| anyhow!("the slave has no synced TID yet: wait for the first sync"))?,
     };

@@ -491,7 +491,14 @@ fn server_builder(limits: &LimitsConfig) -> Server {
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(nonzero(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout.get()))
+        // Room for a replication sender's window of batches (and large uploads) in flight,
+        // instead of HTTP/2's 64 KiB default.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(2 * STREAM_WINDOW))
 }
+
+/// The HTTP/2 flow-control window a stream starts with: two 4 MiB replication batches.
+const STREAM_WINDOW: u32 = 8 << 20;
 
 fn bind_tcp(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let std = std::net::TcpListener::bind(addr).map_err(|e| {

@@ -140,8 +140,9 @@ impl Attrs {
 /// Replicated changes for a slave, as one durable step.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyBatch {
-    /// Chunk data the changes (or a later batch's changes) reference.
-    pub chunks: Vec<Vec<u8>>,
+    /// Chunk data the changes (or a later batch's changes) reference. `Bytes`, so that a
+    /// receiver can hand over slices of the batch it received without copying them.
+    pub chunks: Vec<bytes::Bytes>,
     /// Whole changes, in TID order.
     pub changes: Vec<Change>,
     /// Progress inside the next, partly sent, change.

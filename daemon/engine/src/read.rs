@@ -5,6 +5,7 @@ use std::io::Read;
 
 use repl_types::{EntryPath, PfsName, Tid};
 
+use crate::bufpool::CHUNK_RECORD_LEN;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::record::{
@@ -281,15 +282,24 @@ impl Engine {
                 crate::exec::hex(&hash[..8])
             ))
         })?;
-        let mut buf = vec![0u8; RECORD_HEADER + 32 + loc.len as usize];
-        self.read_at_lsn(loc.lsn, &mut buf)?;
-        let f = parse_frame(&buf)
+        // A recycled record buffer: no zero-fill of a fresh MiB per chunk read.
+        let total = RECORD_HEADER + 32 + loc.len as usize;
+        let bufs = &self.inner.shared.chunk_bufs;
+        let mut buf = if total <= CHUNK_RECORD_LEN {
+            bufs.take()
+        } else {
+            vec![0u8; total]
+        };
+        let record = &mut buf[..total];
+        self.read_at_lsn(loc.lsn, record)?;
+        let f = parse_frame(record)
             .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
         if f.payload.get(..32) != Some(&hash[..]) {
             return Err(self.corruption(loc.lsn, "chunk record holds another hash".into()));
         }
-        buf.drain(..RECORD_HEADER + 32);
-        Ok(buf)
+        let data = record[RECORD_HEADER + 32..].to_vec();
+        bufs.give(buf);
+        Ok(data)
     }
 
     /// A chunk's bytes, re-hashed with BLAKE3 and compared with its reference: the scrub that

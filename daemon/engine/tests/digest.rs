@@ -569,7 +569,9 @@ fn a_slave_that_applied_the_change_scan_has_the_masters_root_at_every_tid() {
         };
         for c in part {
             for r in c.chunk_refs() {
-                batch.chunks.push(em.read_chunk(&r.hash).expect("chunk"));
+                batch
+                    .chunks
+                    .push(em.read_chunk(&r.hash).expect("chunk").into());
             }
         }
         es.apply(&s, batch).expect("apply");

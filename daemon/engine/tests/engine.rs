@@ -180,7 +180,9 @@ fn slave_refuses_writes_and_applies_a_change_scan() {
     };
     for c in &changes {
         for r in c.chunk_refs() {
-            batch.chunks.push(e.read_chunk(&r.hash).expect("chunk"));
+            batch
+                .chunks
+                .push(e.read_chunk(&r.hash).expect("chunk").into());
         }
     }
     batch.changes = changes.clone();

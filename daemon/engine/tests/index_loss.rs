@@ -100,7 +100,9 @@ fn build(e: &Engine) {
     };
     for c in done {
         for r in c.chunk_refs() {
-            batch.chunks.push(e.read_chunk(&r.hash).expect("chunk"));
+            batch
+                .chunks
+                .push(e.read_chunk(&r.hash).expect("chunk").into());
         }
     }
     let cp = e.apply(&mirror, batch).expect("apply");

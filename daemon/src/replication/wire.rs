@@ -5,7 +5,7 @@
 //! chunk is hashed again (BLAKE3) and each change must continue the PFS's history chain, so a
 //! payload that decodes but lies is refused by the engine's apply.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use repld_engine::Change;
 
 const KIND_CHUNK: u8 = 1;
@@ -33,15 +33,16 @@ fn put(buf: &mut BytesMut, kind: u8, body: &[u8]) {
 /// A decoded payload.
 #[derive(Debug, Default)]
 pub struct Decoded {
-    /// Chunk data, in order.
-    pub chunks: Vec<Vec<u8>>,
+    /// Chunk data, in order: slices of the payload, not copies.
+    pub chunks: Vec<Bytes>,
     /// Changes, in order.
     pub changes: Vec<Change>,
 }
 
 /// Decodes a payload; any malformed frame refuses all of it.
-pub fn decode(mut p: &[u8]) -> Result<Decoded, String> {
+pub fn decode(payload: &Bytes) -> Result<Decoded, String> {
     let mut out = Decoded::default();
+    let mut p = &payload[..];
     while !p.is_empty() {
         if p.len() < FRAME {
             return Err("a record frame is cut short".into());
@@ -58,7 +59,8 @@ pub fn decode(mut p: &[u8]) -> Result<Decoded, String> {
                         "a chunk of {len} bytes is larger than a chunk may be"
                     ));
                 }
-                out.chunks.push(body.to_vec());
+                let start = payload.len() - p.len() + FRAME;
+                out.chunks.push(payload.slice(start..start + len));
             }
             KIND_CHANGE => out
                 .changes
@@ -79,14 +81,15 @@ mod tests {
         let mut buf = BytesMut::new();
         put_chunk(&mut buf, b"hello");
         put_chunk(&mut buf, b"");
+        let buf = buf.freeze();
         let d = decode(&buf).expect("decode");
-        assert_eq!(d.chunks, vec![b"hello".to_vec(), Vec::new()]);
-        assert!(decode(&buf[..buf.len() - 1]).is_err(), "cut short");
+        assert_eq!(d.chunks, vec![Bytes::from_static(b"hello"), Bytes::new()]);
+        assert!(decode(&buf.slice(..buf.len() - 1)).is_err(), "cut short");
         let mut bad = buf.to_vec();
         bad[0] = 9;
-        assert!(decode(&bad).is_err(), "unknown kind");
+        assert!(decode(&Bytes::from(bad)).is_err(), "unknown kind");
         let mut change = BytesMut::new();
         put_change(&mut change, b"not a change");
-        assert!(decode(&change).is_err());
+        assert!(decode(&change.freeze()).is_err());
     }
 }

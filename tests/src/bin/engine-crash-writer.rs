@@ -355,7 +355,7 @@ fn replicate(dir: &Path) -> Result<()> {
             for r in &refs[done..done + take] {
                 batch
                     .chunks
-                    .push(master.read_chunk(&r.hash).context("read a chunk")?);
+                    .push(master.read_chunk(&r.hash).context("read a chunk")?.into());
             }
             if take > 0 {
                 log.chunks.push((c.tid, done as u64, (done + take) as u64));
@@ -379,7 +379,7 @@ fn replicate(dir: &Path) -> Result<()> {
         let expect_partial = batch.partial;
         sent.write_all(log.line().as_bytes())
             .context("append to sent.log")?;
-        let bytes: usize = batch.chunks.iter().map(Vec::len).sum();
+        let bytes: usize = batch.chunks.iter().map(|c| c.len()).sum();
         println!("SENDING {} {bytes}", log.chunk_count());
         let cp = slave.apply(&name, batch).context("apply a batch")?;
         ensure!(
