@@ -267,12 +267,41 @@ pub async fn run<S: Source, C: Connect>(
             p.last_error = Some(err);
             p.rate = 0.0;
         });
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => break,
+        // While the stream is down the master keeps committing: follow its head, so that the
+        // lag shows how far the slave falls behind.
+        let until = Instant::now() + delay;
+        let mut ticks = tokio::time::interval(cfg.heartbeat);
+        loop {
+            // (`follow` is awaited outside the select, which holds a non-Send watch guard.)
+            let follow = tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                _ = ticks.tick() => true,
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if !follow {
+                status.update(|p| p.state = StreamState::Stopped);
+                return;
+            }
+            follow_head(&source, &status).await;
         }
     }
     status.update(|p| p.state = StreamState::Stopped);
+}
+
+/// Updates the head and the oldest pending TID from the source while no stream runs.
+async fn follow_head<S: Source>(source: &Arc<S>, status: &PairingStatus) {
+    let head = *source.head().borrow();
+    let acked = status.snapshot().acked;
+    let pending = match acked {
+        Some(a) => pending_since(&VecDeque::new(), a, head, source).await,
+        None => None,
+    };
+    status.update(|p| {
+        p.head = head;
+        if acked.is_some() {
+            p.pending_since = pending;
+        }
+    });
 }
 
 /// A batch on its way: sent, not yet acknowledged.

@@ -220,6 +220,8 @@ struct Link {
     slave: Slave,
     state: Arc<Mutex<LinkState>>,
     resume: Arc<tokio::sync::Notify>,
+    /// Closes the live connection when notified.
+    cut: Arc<tokio::sync::Notify>,
     /// Connections fail while this is above 0 (counted down per attempt).
     fail_connects: Arc<Mutex<u32>>,
 }
@@ -233,6 +235,7 @@ impl Link {
                 ..LinkState::default()
             })),
             resume: Arc::new(tokio::sync::Notify::new()),
+            cut: Arc::new(tokio::sync::Notify::new()),
             fail_connects: Arc::new(Mutex::new(0)),
         }
     }
@@ -295,8 +298,16 @@ impl Connect for Link {
         // Master to slave: apply faults.
         let state = Arc::clone(&self.state);
         let resume = Arc::clone(&self.resume);
+        let cut = Arc::clone(&self.cut);
         tokio::spawn(async move {
-            while let Some(mut m) = outbound.recv().await {
+            loop {
+                let mut m = tokio::select! {
+                    m = outbound.recv() => match m {
+                        Some(m) => m,
+                        None => return,
+                    },
+                    () = cut.notified() => return,
+                };
                 let mut copies = 1;
                 if let Some(sender_message::Msg::Batch(b)) = &mut m.msg {
                     let (n, fault) = {
@@ -621,4 +632,33 @@ async fn stopping_ends_the_pairing_task() {
     let status = Arc::clone(&run.status);
     run.finish().await;
     assert_eq!(status.snapshot().state, sender::StreamState::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_slave_is_unreachable_the_head_and_the_lag_follow_the_master() {
+    let master = Master::new(&history(3));
+    let slave = Slave::default();
+    let link = Link::new(&slave, &[]);
+    let run = start(&master, &link, config());
+    wait_synced(&master, &slave).await;
+    // The slave goes away while in sync: the stream is cut and every reconnect fails.
+    *link.fail_connects.lock().unwrap() = 1_000;
+    link.cut.notify_one();
+    while run.status.snapshot().reconnects == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    master.commit(4, 1);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let p = run.status.snapshot();
+    assert_eq!(
+        p.head,
+        Tid(4),
+        "the head froze while the stream was down: {p:?}"
+    );
+    assert_eq!(
+        p.pending_since,
+        Some(Tid(4)),
+        "nothing pending although the slave lacks TID 4: {p:?}"
+    );
+    run.finish().await;
 }

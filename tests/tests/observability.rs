@@ -9,8 +9,8 @@
 //!   the dashboard and every series the alerts are built on returns data through the HTTP API,
 //!   no alert condition holds on the healthy pair, and ReplicationLagHigh fires while the slave
 //!   falls behind (a throttled pairing) and clears once it caught up.
-//! - The same with the slave stopped is `#[ignore]`d: the master's lag stays 0 while the stream
-//!   is down (a repld bug, described at the test).
+//! - The same with the slave stopped: the lag alert fires while it is down and clears once it
+//!   is back.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -853,17 +853,9 @@ fn a_real_prometheus_answers_every_dashboard_and_alert_query_and_fires_the_lag_a
 }
 
 /// ReplicationLagHigh fires while the slave is stopped and the master keeps taking writes, and
-/// clears once the slave is back.
-///
-/// Ignored: it fails today. While no stream is connected the master's sender does not follow
-/// its PFS's head (agent/src/sender.rs updates `Progress::head` and `pending_since` only inside
-/// `stream()`), so a slave that was in sync when its stream ended shows
-/// `repld_replication_lag_seconds{role="master"} 0` and a frozen
-/// `repld_replication_head_tid_seconds` for as long as it is down, however much is written;
-/// `replctl status` shows lag 0 too. Run it with `--run-ignored only` once that is fixed, and
-/// remove the `ignore`.
+/// clears once the slave is back. (The sender follows the master's head between streams, so the
+/// lag grows while the slave is down.)
 #[test]
-#[ignore = "repld bug: the master's lag stays 0 while the slave's stream is down"]
 fn a_real_prometheus_fires_the_lag_alert_while_the_slave_is_stopped() -> Result<()> {
     let mut live = Live::start()?;
     live.slave.stop()?;
