@@ -1,11 +1,15 @@
 //! repld under systemd's notify protocol: READY=1 once serving, WATCHDOG=1 pings at half the
-//! watchdog interval, STOPPING=1 on SIGTERM, then a clean exit.
+//! watchdog interval (`WATCHDOG_USEC`, set by the unit's `WatchdogSec=`), STOPPING=1 on SIGTERM,
+//! then a clean exit.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use repl_tests::node::{NodeOptions, TestNode, bin};
+
+/// The watchdog timeout the test asks for: pings are due every half of it.
+const WATCHDOG: Duration = Duration::from_millis(1000);
 
 #[test]
 fn repld_notifies_ready_watchdog_and_stopping() {
@@ -18,7 +22,7 @@ fn repld_notifies_ready_watchdog_and_stopping() {
         .args(["run", "--config"])
         .arg(node.config_path())
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
+        .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -27,13 +31,17 @@ fn repld_notifies_ready_watchdog_and_stopping() {
         .expect("start repld");
 
     let mut seen: Vec<String> = Vec::new();
+    let mut pings: Vec<Instant> = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(30);
-    // READY=1, then at least three watchdog pings.
-    while Instant::now() < deadline && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 3
-    {
+    // READY=1, then at least four watchdog pings.
+    while Instant::now() < deadline && pings.len() < 4 {
         if let Ok(n) = sock.recv(&mut buf) {
-            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.contains("WATCHDOG=1") {
+                pings.push(Instant::now());
+            }
+            seen.push(msg);
         }
     }
     let ready = seen
@@ -48,9 +56,15 @@ fn repld_notifies_ready_watchdog_and_stopping() {
         ready < first_ping,
         "READY=1 comes before the pings: {seen:?}"
     );
+    assert!(pings.len() >= 4, "periodic WATCHDOG=1: {seen:?}");
+    // Every half interval: never as late as the timeout (systemd would kill the service), and
+    // not a busy stream either.
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    let mean = (pings[pings.len() - 1] - pings[0]) / u32::try_from(gaps.len()).expect("few gaps");
     assert!(
-        seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
-        "periodic WATCHDOG=1: {seen:?}"
+        gaps.iter().all(|g| *g < WATCHDOG) && mean >= WATCHDOG / 4,
+        "WATCHDOG=1 about every {:?} (half of WATCHDOG_USEC): gaps {gaps:?}",
+        WATCHDOG / 2
     );
 
     rustix::process::kill_process(
