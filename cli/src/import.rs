@@ -1263,7 +1263,13 @@ mod tests {
             .expect_err("the node went away");
         assert!(e.downcast_ref::<Reported>().is_some(), "{e:#}");
         assert!(e.to_string().contains("interrupted"), "{e:#}");
-        assert_eq!(received.lock().expect("lock")[..8], expected[..8]);
+        // What reached the node before it went away is the start of the import, in order
+        // (how much depends on the scheduling of the two sides, not on the import).
+        let got = received.lock().expect("lock").clone();
+        assert!(
+            !got.is_empty() && expected.starts_with(&got),
+            "received {got:?}, expected a prefix of {expected:?}"
+        );
 
         // The rerun sends every entry again, in the same order, and succeeds.
         let (_d2, socket, received) = fake::serve(None).await;
