@@ -41,10 +41,7 @@ impl Metrics {
             &["version", "commit"],
         )?;
         build
-            .with_label_values(&[
-                env!("CARGO_PKG_VERSION"),
-                option_env!("REPLD_COMMIT").unwrap_or("unknown"),
-            ])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("REPLD_COMMIT")])
             .set(1);
         registry.register(Box::new(build))?;
         Ok(Metrics {

@@ -809,8 +809,12 @@ impl ImportSession {
     /// everything is committed.
     pub async fn finish(mut self) -> Result<ImportProgress, ClientError> {
         self.send_batch(true).await?;
-        self.send_raw(None).await?;
-        self.tx = None;
+        // A server that has the `finish` batch may answer and end the call before the end of
+        // the request stream is queued: then there is nothing left to end, and the task's
+        // result says whether everything was committed.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None).await;
+        }
         match self.task.take() {
             Some(task) => join(task).await,
             None => Err(gone()),
