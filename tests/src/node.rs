@@ -420,26 +420,7 @@ impl TestNode {
 
     /// `GET path` on the metrics endpoint: the status code and the body.
     pub fn metrics_get(&self, path: &str) -> Result<(u16, String)> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(self.metrics_addr()?)
-            .context("connect to the metrics endpoint")?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)
-            .context("read the metrics response")?;
-        let (head, body) = raw
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("no header end in: {raw}"))?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("no status in: {head}"))?;
-        Ok((code, body.to_owned()))
+        http_get(self.metrics_addr()?, path)
     }
 
     /// The process id of the running daemon.
@@ -679,4 +660,25 @@ impl StoredState {
         );
         Ok(())
     }
+}
+
+/// `GET path` over HTTP/1.0 (so the answer is never chunked): the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("read the answer to GET {path}"))?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no header end in: {raw}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in: {head}"))?;
+    Ok((code, body.to_owned()))
 }

@@ -3,12 +3,10 @@
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use repl_tests::node::{NodeOptions, TestNode, bin, run_ok};
-
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+use repl_tests::cluster::Cluster;
+use repl_tests::node::NodeOptions;
 
 /// `promtool check metrics` on `text`: its verdict and what it printed.
 fn promtool_check(text: &str) -> Result<(bool, String)> {
@@ -43,40 +41,9 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn paired_nodes_expose_a_valid_metric_set_and_healthz() -> Result<()> {
-    let master = TestNode::start(NodeOptions {
-        name: "node1".into(),
-        other_nodes: vec!["node2".into()],
-        ..NodeOptions::default()
-    })?;
-    let slave = TestNode::start(NodeOptions {
-        name: "node2".into(),
-        other_nodes: vec![],
-        shared_certs: Some(master.certs().dir.clone()),
-        ..NodeOptions::default()
-    })?;
-    let work = tempfile::tempdir()?;
-    let config = work.path().join("replctl.toml");
-    let c = master.certs();
-    std::fs::write(
-        &config,
-        format!(
-            "ca = {:?}\ncert = {:?}\nkey = {:?}\n[nodes.node1]\nendpoint = \"https://{}\"\n[nodes.node2]\nendpoint = \"https://{}\"\n",
-            c.ca(),
-            c.cert("alice"),
-            c.key("alice"),
-            master.addr(),
-            slave.addr()
-        ),
-    )?;
-    let replctl = |args: &[&str]| -> Result<String> {
-        let mut cmd = Command::new(bin("replctl"));
-        cmd.env_remove("REPLCTL_SOCKET")
-            .env_remove("REPLCTL_ENDPOINT")
-            .arg("--config")
-            .arg(&config)
-            .args(args);
-        run_ok(&mut cmd, CLI_TIMEOUT)
-    };
+    let c = Cluster::start(2, |_| NodeOptions::default())?;
+    let (master, slave) = (&c.nodes[0], &c.nodes[1]);
+    let replctl = |args: &[&str]| c.ok_str(args);
     replctl(&["pfs", "create", "node1:data"])?;
     replctl(&["mkdir", "node1:data/a"])?;
     replctl(&["pair", "node1:data", "node2:data"])?;

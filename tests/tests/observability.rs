@@ -13,8 +13,8 @@
 //!   is back.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use repl_tests::node::{NodeOptions, TestNode, bin, run_ok, run_output};
+use repl_tests::cluster::Cluster;
+use repl_tests::node::{NodeOptions, bin, http_get, run_ok, run_output};
 use serde_json::Value;
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -250,26 +251,6 @@ fn every_dashboard_panel_uses_the_datasource_variable_and_has_a_query() -> Resul
     }
     ensure!(exprs.len() >= 10, "only {} queries", exprs.len());
     Ok(())
-}
-
-/// `GET path` over HTTP/1.0 (so the answer is never chunked): the status and the body.
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("read the answer to GET {path}"))?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("no header end in: {raw}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status in: {head}"))?;
-    Ok((code, body.to_owned()))
 }
 
 fn url_encode(s: &str) -> String {
@@ -564,16 +545,13 @@ fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Result<Result<T, String>>) 
 /// port and Prometheus keeps scraping the old (dead) one. The lag alert is the master's view
 /// (`role="master"`), which this does not affect.
 struct Live {
-    /// Kept running until the test ends.
-    _master: TestNode,
-    slave: TestNode,
-    config: PathBuf,
+    /// node1 (master) and node2 (slave), kept running until the test ends.
+    cluster: Cluster,
     writer: Writer,
     prom: Prometheus,
     /// The rules as Prometheus loaded them (from `/api/v1/rules`), in file order.
     rules: Vec<Value>,
     metrics: [SocketAddr; 2],
-    _work: tempfile::TempDir,
 }
 
 /// The labels of the pairing's alerts.
@@ -581,32 +559,11 @@ const PAIRING: [(&str, &str); 3] = [("pfs", "data"), ("peer", "node2"), ("peer_p
 
 impl Live {
     fn start() -> Result<Live> {
-        let master = TestNode::start(NodeOptions {
-            name: "node1".into(),
-            other_nodes: vec!["node2".into()],
-            ..NodeOptions::default()
-        })?;
-        let slave = TestNode::start(NodeOptions {
-            name: "node2".into(),
-            other_nodes: vec![],
-            shared_certs: Some(master.certs().dir.clone()),
-            ..NodeOptions::default()
-        })?;
-        let work = tempfile::tempdir()?;
-        let config = work.path().join("replctl.toml");
-        let c = master.certs();
-        fs::write(
-            &config,
-            format!(
-                "ca = {:?}\ncert = {:?}\nkey = {:?}\n[nodes.node1]\nendpoint = \"https://{}\"\n[nodes.node2]\nendpoint = \"https://{}\"\n",
-                c.ca(),
-                c.cert("alice"),
-                c.key("alice"),
-                master.addr(),
-                slave.addr()
-            ),
-        )?;
-        let replctl = |args: &[&str]| replctl(&config, args);
+        let cluster = Cluster::start(2, |_| NodeOptions::default())?;
+        let (master, slave) = (&cluster.nodes[0], &cluster.nodes[1]);
+        let config = cluster.config.clone();
+        let work = &cluster.work;
+        let replctl = |args: &[&str]| cluster.ok_str(args);
         replctl(&["pfs", "create", "node1:data"])?;
         replctl(&["mkdir", "node1:data/a"])?;
         replctl(&["pair", "node1:data", "node2:data"])?;
@@ -659,19 +616,16 @@ impl Live {
             "Prometheus loaded {loaded:?}, the file has {names:?}"
         );
         Ok(Live {
-            _master: master,
-            slave,
-            config,
+            cluster,
             writer,
             prom,
             rules,
             metrics,
-            _work: work,
         })
     }
 
     fn replctl(&self, args: &[&str]) -> Result<String> {
-        replctl(&self.config, args)
+        self.cluster.ok_str(args)
     }
 
     /// Waits until the pairing's ReplicationLagHigh is firing (`true`) or not (`false`).
@@ -695,17 +649,6 @@ impl Live {
             })
         })
     }
-}
-
-fn replctl(config: &Path, args: &[&str]) -> Result<String> {
-    let mut cmd = Command::new(bin("replctl"));
-    cmd.env_remove("REPLCTL_SOCKET")
-        .env_remove("REPLCTL_ENDPOINT")
-        .env_remove("REPLCTL_CONFIG")
-        .arg("--config")
-        .arg(config)
-        .args(args);
-    run_ok(&mut cmd, CLI_TIMEOUT)
 }
 
 /// What the master's series of the pairing read now, for failure messages.
@@ -839,10 +782,8 @@ fn a_real_prometheus_answers_every_dashboard_and_alert_query_and_fires_the_lag_a
     ])?;
     let cleared_after = live.wait_lag_alert(false)?;
     let writes = live.writer.finish()?;
-    replctl(
-        &live.config,
-        &["wait-sync", "node1:data", "node2:data", "--timeout", "60"],
-    )?;
+    live.cluster
+        .ok_str(&["wait-sync", "node1:data", "node2:data", "--timeout", "60"])?;
     eprintln!(
         "{} queries answered; ReplicationLagHigh fired {fired_after:?} after the throttle and \
          cleared {cleared_after:?} after it was lifted; {writes} writes; {:?} in all",
@@ -858,7 +799,7 @@ fn a_real_prometheus_answers_every_dashboard_and_alert_query_and_fires_the_lag_a
 #[test]
 fn a_real_prometheus_fires_the_lag_alert_while_the_slave_is_stopped() -> Result<()> {
     let mut live = Live::start()?;
-    live.slave.stop()?;
+    live.cluster.node(2).stop()?;
     let before = live.writer.writes();
     let fired_after = live.wait_lag_alert(true)?;
     ensure!(
@@ -872,7 +813,7 @@ fn a_real_prometheus_fires_the_lag_alert_while_the_slave_is_stopped() -> Result<
         live.writer.writes() > before,
         "no write went through while the slave was down"
     );
-    live.slave.launch()?;
+    live.cluster.node(2).launch()?;
     let cleared_after = live.wait_lag_alert(false)?;
     let writes = live.writer.finish()?;
     eprintln!(

@@ -3,161 +3,18 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use repl_tests::node::{NodeOptions, TestNode, bin, run_ok, run_output};
+use anyhow::{Context, Result, ensure};
+use repl_tests::cluster::{CLI_TIMEOUT, Cluster};
+use repl_tests::node::{NodeOptions, run_output};
 use repl_tests::proxy::FaultProxy;
 use repl_tests::tree::{self, TreeBuilder};
 use serde_json::Value;
 
-const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
 /// The largest batch payload (the daemon's `MAX_BATCH_BYTES`).
 const BATCH: u64 = 4 * MIB;
-
-/// Nodes sharing one CA, and a replctl config that names them all, with `alice` as the admin.
-struct Cluster {
-    nodes: Vec<TestNode>,
-    config: PathBuf,
-    work: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Nodes `node1`.. with `opts` applied to each (name and certificates are set here).
-    fn start(count: usize, opts: impl Fn(usize) -> NodeOptions) -> Result<Cluster> {
-        let names: Vec<String> = (1..=count).map(|i| format!("node{i}")).collect();
-        let mut nodes = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let o = opts(i + 1);
-            let node = TestNode::start(NodeOptions {
-                name: name.clone(),
-                other_nodes: if i == 0 {
-                    names[1..].to_vec()
-                } else {
-                    Vec::new()
-                },
-                shared_certs: nodes.first().map(|n: &TestNode| n.certs().dir.clone()),
-                ..o
-            })?;
-            nodes.push(node);
-        }
-        let work = tempfile::tempdir()?;
-        let config = work.path().join("replctl.toml");
-        let mut cluster = Cluster {
-            nodes,
-            config,
-            work,
-        };
-        cluster.write_config()?;
-        Ok(cluster)
-    }
-
-    fn write_config(&mut self) -> Result<()> {
-        let c = self.nodes[0].certs();
-        let mut text = format!(
-            "ca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            c.ca(),
-            c.cert("alice"),
-            c.key("alice")
-        );
-        for n in &self.nodes {
-            text.push_str(&format!(
-                "\n[nodes.{}]\nendpoint = \"https://{}\"\n",
-                n.name(),
-                n.addr()
-            ));
-        }
-        fs::write(&self.config, text).context("write replctl.toml")
-    }
-
-    fn node(&mut self, i: usize) -> &mut TestNode {
-        &mut self.nodes[i - 1]
-    }
-
-    fn replctl(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
-        let mut cmd = Command::new(bin("replctl"));
-        for var in ["REPLCTL_SOCKET", "REPLCTL_ENDPOINT", "REPLCTL_CONFIG"] {
-            cmd.env_remove(var);
-        }
-        cmd.arg("--config").arg(&self.config);
-        for a in args {
-            cmd.arg(a);
-        }
-        cmd
-    }
-
-    fn ok(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Result<String> {
-        run_ok(&mut self.replctl(args), CLI_TIMEOUT)
-    }
-
-    /// `replctl --json status NODE`.
-    fn status(&self, node: &str) -> Result<Value> {
-        let out = self.ok(&[&"--json", &"status", &node])?;
-        serde_json::from_str(&out).with_context(|| format!("status JSON: {out}"))
-    }
-
-    /// The row of the pairing that `master` feeds to `slave` (`node2:data`), from its node.
-    fn pairing(&self, master_node: &str, slave: &str) -> Result<Value> {
-        let s = self.status(master_node)?;
-        s["pairings"]
-            .as_array()
-            .and_then(|rows| rows.iter().find(|r| r["slave"] == slave))
-            .cloned()
-            .with_context(|| format!("no pairing to {slave} on {master_node}: {s}"))
-    }
-
-    fn wait_sync(&self, master: &str, slave: &str) -> Result<()> {
-        self.ok(&[&"wait-sync", &master, &slave, &"--timeout", &"90"])
-            .map(drop)
-    }
-
-    fn verify_match(&self, master: &str, slave: &str, deep: bool) -> Result<()> {
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--json", &"verify"];
-        if deep {
-            args.push(&"--deep");
-        }
-        args.push(&master);
-        args.push(&slave);
-        let out = self.ok(&args)?;
-        ensure!(
-            out.contains("\"result\":\"MATCH\""),
-            "verify {master} {slave}: {out}"
-        );
-        Ok(())
-    }
-
-    /// Waits until `cond` holds for the pairing's status row.
-    fn wait_pairing(
-        &self,
-        master_node: &str,
-        slave: &str,
-        what: &str,
-        cond: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let row = self.pairing(master_node, slave)?;
-            if cond(&row) {
-                return Ok(row);
-            }
-            if Instant::now() > deadline {
-                bail!("waited 60 s for {what}; the pairing: {row}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Versions stored in a PFS (each applied once, or the counts differ).
-    fn versions(&self, target: &str) -> Result<u64> {
-        let out = self.ok(&[&"--json", &"pfs", &"status", &target])?;
-        let v: Value = serde_json::from_str(&out)?;
-        v["versions"]
-            .as_u64()
-            .with_context(|| format!("no versions in {out}"))
-    }
-}
 
 fn big_opts(_: usize) -> NodeOptions {
     NodeOptions {
