@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use repld_engine::{Engine, HistogramSnapshot, Tid};
+use repld_engine::{Engine, HistogramSnapshot};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +142,6 @@ impl Metrics {
     }
 
     fn replication(&self, out: &mut Vec<MetricFamily>) {
-        let now = Tid::now();
         let rows = self.replication.pairings();
         let verifies = self.replication.verifies();
         let slaves = self.replication.slaves();
@@ -189,29 +188,16 @@ impl Metrics {
         let mut applied = Vec::new();
         let mut rejected = Vec::new();
         let mut apply_latency = Vec::new();
-        for (up_, view) in &slaves {
+        for row in &slaves {
+            let (up_, view) = (&row.upstream, &row.view);
             let l = vec![
                 ("role", "slave"),
                 ("pfs", up_.slave_pfs.as_str()),
                 ("peer", up_.master_node.as_str()),
                 ("peer_pfs", up_.master_pfs.as_str()),
             ];
-            let slave_synced = self
-                .engine
-                .pfs(&match repld_engine::PfsName::new(up_.slave_pfs.clone()) {
-                    Ok(n) => n,
-                    Err(_) => continue,
-                })
-                .map_or(Tid::ZERO, |p| p.head);
-            let behind = view.master_head > slave_synced;
-            lag.push((
-                l.clone(),
-                match view.pending_since {
-                    Some(t) if behind => t.lag_secs(now),
-                    _ => 0.0,
-                },
-            ));
-            synced.push((l.clone(), slave_synced.as_secs_f64()));
+            lag.push((l.clone(), row.lag_secs));
+            synced.push((l.clone(), row.synced.as_secs_f64()));
             head.push((l.clone(), view.master_head.as_secs_f64()));
             applied.push((
                 vec![

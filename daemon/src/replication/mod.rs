@@ -68,6 +68,19 @@ pub struct VerifyRecord {
     pub matched: bool,
 }
 
+/// A slave PFS's status row.
+#[derive(Debug, Clone)]
+pub struct SlaveRow {
+    /// The accepted master.
+    pub upstream: Upstream,
+    /// What the receiver saw.
+    pub view: SlaveView,
+    /// The slave PFS's synced TID.
+    pub synced: Tid,
+    /// Seconds behind by the last heartbeat (0 in sync).
+    pub lag_secs: f64,
+}
+
 /// A pairing's status row.
 #[derive(Debug, Clone)]
 pub struct PairingRow {
@@ -383,8 +396,9 @@ impl Replication {
             .clone()
     }
 
-    /// The masters accepted per slave PFS, and what the receiver saw.
-    pub fn slaves(&self) -> Vec<(Upstream, SlaveView)> {
+    /// Every slave PFS with an accepted master: what the receiver saw, its synced TID, and how
+    /// far behind it is by the last heartbeat (0 when it has the master's head).
+    pub fn slaves(&self) -> Vec<SlaveRow> {
         let ups = self
             .sink
             .upstreams
@@ -395,11 +409,26 @@ impl Replication {
             .sink
             .views
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let now = Tid::now();
         ups.into_iter()
-            .map(|u| {
-                let v = views.get(&u.slave_pfs).cloned().unwrap_or_default();
-                (u, v)
+            .map(|upstream| {
+                let view = views.get(&upstream.slave_pfs).cloned().unwrap_or_default();
+                let synced = PfsName::new(upstream.slave_pfs.clone())
+                    .ok()
+                    .and_then(|n| self.engine.pfs(&n).ok())
+                    .map_or(Tid::ZERO, |p| p.head);
+                let lag_secs = match view.pending_since {
+                    Some(t) if synced < view.master_head => t.lag_secs(now),
+                    _ => 0.0,
+                };
+                SlaveRow {
+                    upstream,
+                    view,
+                    synced,
+                    lag_secs,
+                }
             })
             .collect()
     }

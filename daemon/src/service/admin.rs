@@ -255,9 +255,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ReplicationStatusRequest>,
     ) -> Result<Response<pb::ReplicationStatusResponse>, Status> {
-        pairing::status(&self.engine, &self.replication)
-            .await
-            .map(Response::new)
+        pairing::status(&self.replication).map(Response::new)
     }
 
     async fn digest(

@@ -128,10 +128,7 @@ pub fn unpair(
 }
 
 /// Every pairing this node feeds and every slave PFS it holds.
-pub async fn status(
-    engine: &Engine,
-    replication: &Replication,
-) -> Result<pb::ReplicationStatusResponse, Status> {
+pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse, Status> {
     let pairings = replication
         .pairings()
         .into_iter()
@@ -164,24 +161,15 @@ pub async fn status(
         })
         .collect();
     let mut slaves = Vec::new();
-    for (up, view) in replication.slaves() {
-        let name = pfs_name("slave_pfs", up.slave_pfs.clone())?;
-        let engine = engine.clone();
-        let synced = blocking(move || engine.pfs(&name))
-            .await
-            .map_or(Tid::ZERO, |i| i.head);
-        let lag = match view.pending_since {
-            Some(t) if synced < view.master_head => t.lag_secs(Tid::now()),
-            _ => 0.0,
-        };
+    for row in replication.slaves() {
         slaves.push(pb::SlaveStatus {
-            slave_pfs: up.slave_pfs,
-            master_nodes: vec![up.master_node],
-            synced_tid: synced.get(),
-            master_head_tid: view.master_head.get(),
-            lag_seconds: lag,
-            batches_applied: view.applied,
-            batches_rejected: view.rejected.values().sum(),
+            slave_pfs: row.upstream.slave_pfs,
+            master_nodes: vec![row.upstream.master_node],
+            synced_tid: row.synced.get(),
+            master_head_tid: row.view.master_head.get(),
+            lag_seconds: row.lag_secs,
+            batches_applied: row.view.applied,
+            batches_rejected: row.view.rejected.values().sum(),
         });
     }
     Ok(pb::ReplicationStatusResponse { pairings, slaves })
