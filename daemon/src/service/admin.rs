@@ -54,7 +54,8 @@ pub(crate) fn pfs_info(p: &PfsInfo) -> pb::PfsInfo {
     .into()
 }
 
-fn pfs_name(field: &'static str, name: String) -> Result<PfsName, Status> {
+/// A PFS name from a request field, or `INVALID_ARGUMENT` naming the field.
+pub(crate) fn pfs_name(field: &str, name: String) -> Result<PfsName, Status> {
     PfsName::new(name).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 

@@ -2,16 +2,12 @@
 //! pairings (master side), status, and the digests that `replctl verify` compares.
 
 use repl_proto::pb;
-use repld_engine::{At, Engine, EntryPath, PfsName, PfsOptions, Role, Tid};
+use repld_engine::{At, Engine, EntryPath, PfsOptions, Role, Tid};
 use tonic::Status;
 
-use super::admin::pfs_info;
+use super::admin::{pfs_info, pfs_name};
 use super::blocking;
 use crate::replication::{Pairing, Replication, Upstream};
-
-fn pfs_name(field: &str, name: String) -> Result<PfsName, Status> {
-    PfsName::new(name).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
-}
 
 fn at(tid: u64) -> At {
     if tid == 0 {
