@@ -35,6 +35,8 @@ pub fn status(e: EngineError) -> Status {
         ErrorKind::AlreadyExists => Status::already_exists(msg),
         ErrorKind::FailedPrecondition => Status::failed_precondition(msg),
         ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
+        // A code of its own, so that clients tell "pruned" apart from "not there".
+        ErrorKind::Pruned => Status::out_of_range(msg),
         ErrorKind::DataLoss => Status::data_loss(msg),
         ErrorKind::Unavailable => Status::unavailable(msg),
         ErrorKind::Internal => {

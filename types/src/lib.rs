@@ -8,13 +8,16 @@
 //! - [`PfsName`]: the name of a PFS on a node.
 //! - [`EntryPath`]: a normalized path inside a PFS.
 //! - [`EntryKind`] and [`Role`]: what an entry is, and what a PFS does in replication.
+//! - [`Retention`]: how much history a PFS keeps, and which commits a policy thins out.
 
 mod kind;
 mod path;
 mod pfs;
+mod retention;
 mod tid;
 
 pub use kind::{EntryKind, Role, RoleParseError};
 pub use path::{EntryPath, MAX_NAME_LEN, MAX_PATH_LEN, PathError};
 pub use pfs::{PfsName, PfsNameError};
+pub use retention::{GridRule, MAX_GRID_RULES, Retention, RetentionParseError};
 pub use tid::{Tid, TidParseError};

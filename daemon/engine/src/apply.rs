@@ -127,6 +127,8 @@ fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
                 history_floor: Tid::ZERO,
                 partial: None,
                 master_head: Tid::ZERO,
+                retention: repl_types::Retention::Forever,
+                pruned: Vec::new(),
             };
             ov.put(schema::pfs_key(*id), rec.encode());
             ov.put(schema::name_key(name), id.to_be_bytes().to_vec());
@@ -168,6 +170,13 @@ fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
         PfsEvent::SnapshotDelete { id, name } => {
             ov.remove(schema::snapshot_key(*id, name));
         }
+        PfsEvent::Retention { id, policy } => {
+            if let Some(mut p) = schema::pfs_by_id(ov, *id)? {
+                p.retention = policy.clone();
+                ov.put(schema::pfs_key(*id), p.encode());
+            }
+        }
+        PfsEvent::Prune { id, ranges } => crate::prune::apply_prune(ov, *id, ranges)?,
     }
     Ok(())
 }

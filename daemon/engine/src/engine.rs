@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use repl_types::{EntryPath, PfsName, Tid};
+use repl_types::{EntryPath, PfsName, Retention, Tid};
 use tokio::sync::watch;
 
 use crate::apply::apply_record;
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::exec::{IfExists, Intent, PfsCommand};
 use crate::index::{IndexStore, KvRead, MemIndex, Overlay, SledIndex, Writes};
 use crate::log::{self, Appender, LogEnd, LogPos, ScanEvent, SegmentMap};
+use crate::prune::{PruneOptions, PruneReport, TidRange};
 use crate::record::{
     CHUNK_DATA_OFFSET, CHUNK_SIZE, Change, Hash, Partial, Record, Role, encode_chunk,
     frame_chunk_in_place,
@@ -98,6 +99,10 @@ pub struct PfsInfo {
     pub partial: Option<Partial>,
     /// The master's head as last reported to a slave.
     pub master_head: Tid,
+    /// How much history the PFS keeps.
+    pub retention: Retention,
+    /// TID ranges `[from, to)` that prunes made unreadable, oldest first.
+    pub pruned: Vec<TidRange>,
 }
 
 impl PfsInfo {
@@ -114,6 +119,8 @@ impl PfsInfo {
             history_floor: r.history_floor,
             partial: r.partial,
             master_head: r.master_head,
+            retention: r.retention,
+            pruned: r.pruned,
         })
     }
 }
@@ -398,6 +405,34 @@ impl Engine {
             nohistory,
         }))?;
         self.pfs(name)
+    }
+
+    /// Sets the PFS's retention policy (a slave's is its own, independent of its master's).
+    /// Nothing is pruned until [`Engine::prune`] runs.
+    pub fn set_retention(&self, name: &PfsName, policy: Retention) -> Result<PfsInfo> {
+        self.submit(Work::Pfs(PfsCommand::SetRetention {
+            name: name.to_string(),
+            policy,
+        }))?;
+        self.pfs(name)
+    }
+
+    /// Prunes the PFS by its retention policy, durably: the prune is a record in the log, so
+    /// replay and an index rebuild give the same result. See [`crate::prune`] for what is kept.
+    pub fn prune(&self, name: &PfsName, opts: PruneOptions) -> Result<PruneReport> {
+        match self.submit(Work::Prune {
+            pfs: name.to_string(),
+            opts,
+        })? {
+            Outcome::Pruned(report) => Ok(report),
+            other => Err(Error::Index(format!("unexpected writer outcome {other:?}"))),
+        }
+    }
+
+    /// What [`Engine::prune`] would remove now, without changing anything (a dry run).
+    pub fn prune_plan(&self, name: &PfsName, opts: PruneOptions) -> Result<PruneReport> {
+        let p = self.record(name)?;
+        crate::prune::plan(self.kv(), &p, &opts, &|lsn| self.record_len(lsn))
     }
 
     /// Destroys a PFS and everything in it.

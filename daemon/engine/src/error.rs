@@ -104,13 +104,17 @@ pub enum Error {
     /// A replication apply to a PFS that is not a slave.
     #[error("PFS `{0}` is a master: replicated changes are only applied to slave PFSes")]
     NotASlave(String),
-    /// The TID read lies before the oldest history the PFS keeps.
-    #[error("history at {tid} has been pruned (the oldest readable TID of this PFS is {floor})")]
+    /// The TID read lies in history that was pruned (by the retention policy, or because the
+    /// PFS keeps no history).
+    #[error(
+        "history at {tid} has been pruned: the nearest readable TID after it is {next} \
+         (`replctl pfs status` shows the retention policy and the pruned ranges)"
+    )]
     Pruned {
         /// The TID asked for.
         tid: Tid,
-        /// The oldest readable TID.
-        floor: Tid,
+        /// The oldest readable TID after it.
+        next: Tid,
     },
     /// A snapshot name is unknown.
     #[error("no snapshot named `{0}`")]
@@ -168,6 +172,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// Out of space or over a limit.
     ResourceExhausted,
+    /// The TID asked for was pruned: read a kept TID instead.
+    Pruned,
     /// Stored data is damaged.
     DataLoss,
     /// Try again later.
@@ -199,11 +205,11 @@ impl Error {
             | Error::ParentMissing(_)
             | Error::ReadOnlySlave(_)
             | Error::NotASlave(_)
-            | Error::Pruned { .. }
             | Error::Diverged { .. }
             | Error::NotFormatted { .. }
             | Error::ForeignSignature { .. } => FailedPrecondition,
             Error::DeviceFull { .. } | Error::TooLarge { .. } => ResourceExhausted,
+            Error::Pruned { .. } => Pruned,
             Error::Corruption { .. } => DataLoss,
             Error::ShuttingDown | Error::DeviceBusy { .. } => Unavailable,
             Error::Io { .. } | Error::Index(_) | Error::Poisoned(_) => Internal,

@@ -376,7 +376,12 @@ pub(crate) fn replicated(
     if change.tid <= pfs.head {
         return match kv.get(&schema::tid_key(pfs.id, change.tid))? {
             Some(_) => Ok(None),
-            None if change.tid <= pfs.history_floor || pfs.head == change.tid => Ok(None),
+            None if change.tid <= pfs.history_floor
+                || pfs.head == change.tid
+                || pfs.pruned_at(change.tid).is_some() =>
+            {
+                Ok(None)
+            }
             None => Err(diverged(format!(
                 "the slave is at {} and has no commit at that TID",
                 pfs.head
@@ -461,6 +466,10 @@ pub(crate) enum PfsCommand {
         name: String,
         snapshot: String,
     },
+    SetRetention {
+        name: String,
+        policy: repl_types::Retention,
+    },
 }
 
 impl PfsCommand {
@@ -517,6 +526,11 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
                 return Err(Error::SnapshotExists(snapshot.clone()));
             }
             let tid = at.unwrap_or(p.head);
+            if let Some((from, to)) = p.pruned_at(tid) {
+                return Err(Error::Invalid(format!(
+                    "snapshot TID {tid} lies in pruned history ({from} to {to}): name a kept TID"
+                )));
+            }
             if tid > p.head || tid < p.history_floor {
                 return Err(Error::Invalid(format!(
                     "snapshot TID {tid} must lie between the oldest kept TID {} and the head {}",
@@ -529,6 +543,10 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
                 tid,
             }
         }
+        PfsCommand::SetRetention { name, policy } => PfsEvent::Retention {
+            id: existing(name)?.id,
+            policy: policy.clone(),
+        },
         PfsCommand::SnapshotDelete { name, snapshot } => {
             let p = existing(name)?;
             if schema::snapshot(kv, p.id, snapshot)?.is_none() {
@@ -545,7 +563,9 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
         | PfsEvent::Configure { id, .. }
         | PfsEvent::Destroy { id }
         | PfsEvent::Snapshot { id, .. }
-        | PfsEvent::SnapshotDelete { id, .. } => *id,
+        | PfsEvent::SnapshotDelete { id, .. }
+        | PfsEvent::Retention { id, .. }
+        | PfsEvent::Prune { id, .. } => *id,
     };
     Ok((Record::Pfs(ev), id))
 }

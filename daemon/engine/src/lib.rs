@@ -16,6 +16,7 @@
 //! - `writer`: the group-commit writer thread; `bufpool`: the chunk buffers it recycles.
 //! - [`Engine`] (`engine`) and its reads (`read`): the public API.
 //! - `export`: deterministic tar export of a PFS at a TID.
+//! - [`prune`]: which commits and versions a retention policy drops, and the prune record.
 //! - `digest`: the canonical Merkle digest of a PFS at a TID, which `verify` compares.
 //! - [`fsck`]: offline checks of a device.
 //!
@@ -34,6 +35,7 @@ pub mod fsck;
 mod index;
 pub mod latency;
 mod log;
+pub mod prune;
 mod read;
 pub mod record;
 mod schema;
@@ -49,7 +51,8 @@ pub use engine::{
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;
 pub use latency::{HistogramSnapshot, LatencyHistogram};
+pub use prune::{PruneOptions, PruneReport, TidRange};
 pub use read::{At, Entry, FileReader, PfsStats};
 pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
-pub use repl_types::{EntryPath, PfsName, Tid};
+pub use repl_types::{EntryPath, PfsName, Retention, Tid};
 pub use writer::Stats;

@@ -84,8 +84,11 @@ impl Engine {
         if tid < p.history_floor {
             return Err(Error::Pruned {
                 tid,
-                floor: p.history_floor,
+                next: p.history_floor,
             });
+        }
+        if let Some((_, next)) = p.pruned_at(tid) {
+            return Err(Error::Pruned { tid, next });
         }
         Ok((p, tid))
     }
@@ -213,7 +216,8 @@ impl Engine {
         Ok(st)
     }
 
-    /// Every version of `path` that history keeps, oldest first.
+    /// Every version of `path` that history keeps, oldest first. Versions that only pruned
+    /// TIDs saw are gone; [`PfsInfo::pruned`](crate::PfsInfo::pruned) names those TIDs.
     pub fn history(&self, name: &PfsName, path: &EntryPath) -> Result<Vec<Entry>> {
         let p = self.record(name)?;
         Ok(schema::versions(self.kv(), p.id, path)?
@@ -327,6 +331,14 @@ impl Engine {
                 )
             })?;
         self.inner.dev.read_at(buf, off)
+    }
+
+    /// The length of the record at `lsn`, header included.
+    pub(crate) fn record_len(&self, lsn: u64) -> Result<u64> {
+        let mut head = [0u8; RECORD_HEADER];
+        self.read_at_lsn(lsn, &mut head)?;
+        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        Ok(RECORD_HEADER as u64 + u64::from(len))
     }
 
     fn read_record(&self, lsn: u64) -> Result<Record> {

@@ -302,6 +302,16 @@ pub(crate) enum PfsEvent {
         id: u32,
         name: String,
     },
+    /// The PFS's retention policy changed.
+    Retention {
+        id: u32,
+        policy: repl_types::Retention,
+    },
+    /// A prune made these TID ranges unreadable (see `prune.rs`).
+    Prune {
+        id: u32,
+        ranges: Vec<crate::prune::TidRange>,
+    },
 }
 
 /// A record as the engine uses it.
@@ -447,6 +457,16 @@ impl Record {
                     PfsEvent::SnapshotDelete { id, name } => {
                         e.u8(5).u32(*id).str(name);
                     }
+                    PfsEvent::Retention { id, policy } => {
+                        e.u8(6).u32(*id).str(&policy.to_string());
+                    }
+                    PfsEvent::Prune { id, ranges } => {
+                        e.u8(7).u32(*id);
+                        e.u32(u32::try_from(ranges.len()).expect("ranges are bounded"));
+                        for (a, b) in ranges {
+                            e.u64(a.get()).u64(b.get());
+                        }
+                    }
                 }
                 KIND_PFS
             }
@@ -513,6 +533,19 @@ impl Record {
                     id: d.u32()?,
                     name: d.string()?,
                 },
+                6 => PfsEvent::Retention {
+                    id: d.u32()?,
+                    policy: crate::schema::decode_retention(&d.string()?)?,
+                },
+                7 => {
+                    let id = d.u32()?;
+                    let n = d.count(16)?;
+                    let mut ranges = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        ranges.push((Tid(d.u64()?), Tid(d.u64()?)));
+                    }
+                    PfsEvent::Prune { id, ranges }
+                }
                 _ => return Err(DecodeError("unknown PFS event")),
             }),
             KIND_CHECKPOINT => {
@@ -622,6 +655,14 @@ mod tests {
                 id: 1,
                 name: "nightly".into(),
                 tid: Tid(10),
+            }),
+            Record::Pfs(PfsEvent::Retention {
+                id: 1,
+                policy: "7d,1h:14d,1d:90d".parse().expect("valid policy"),
+            }),
+            Record::Pfs(PfsEvent::Prune {
+                id: 1,
+                ranges: vec![(Tid(3), Tid(7)), (Tid(9), Tid(12))],
             }),
             Record::Checkpoint {
                 pfs: 1,

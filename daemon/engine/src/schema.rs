@@ -15,12 +15,13 @@
 //! Paths never contain NUL, so the `V` keys of one directory's children are contiguous, and the
 //! versions of one path are contiguous and ordered by TID.
 
-use repl_types::{EntryPath, Tid};
+use repl_types::{EntryPath, Retention, Tid};
 
 use crate::codec::{Dec, DecodeError, Enc};
 use crate::error::Result;
 use crate::index::KvRead;
 use crate::log::LogPos;
+use crate::prune::TidRange;
 use crate::record::{EntryMeta, Hash, Partial, Role};
 
 /// The log position the index covers.
@@ -202,6 +203,10 @@ pub(crate) struct PfsRecord {
     pub partial: Option<Partial>,
     /// The master's head as last reported to this slave.
     pub master_head: Tid,
+    /// How much history the PFS keeps.
+    pub retention: Retention,
+    /// TID ranges `[from, to)` a prune made unreadable, sorted and disjoint.
+    pub pruned: Vec<TidRange>,
 }
 
 impl PfsRecord {
@@ -224,11 +229,16 @@ impl PfsRecord {
             Some(p) => e.u8(1).u64(p.tid.get()).u64(p.chunks_done),
             None => e.u8(0),
         };
+        e.str(&self.retention.to_string());
+        e.u32(u32::try_from(self.pruned.len()).expect("bounded by MAX_RANGES"));
+        for (a, b) in &self.pruned {
+            e.u64(a.get()).u64(b.get());
+        }
         e.finish()
     }
     pub fn decode(v: &[u8]) -> Result<PfsRecord, DecodeError> {
         let mut d = Dec::new(v);
-        Ok(PfsRecord {
+        let mut p = PfsRecord {
             id: d.u32()?,
             name: d.string()?,
             uuid: d.uuid()?,
@@ -251,8 +261,30 @@ impl PfsRecord {
                     chunks_done: d.u64()?,
                 }),
             },
-        })
+            retention: Retention::Forever,
+            pruned: Vec::new(),
+        };
+        // An index written before retention existed has neither field.
+        if !d.rest().is_empty() {
+            p.retention = decode_retention(&d.string()?)?;
+            let n = d.count(16)?;
+            for _ in 0..n {
+                p.pruned.push((Tid(d.u64()?), Tid(d.u64()?)));
+            }
+        }
+        Ok(p)
     }
+
+    /// The pruned range holding `tid`, if any.
+    pub fn pruned_at(&self, tid: Tid) -> Option<TidRange> {
+        let i = self.pruned.partition_point(|(_, to)| *to <= tid);
+        self.pruned.get(i).copied().filter(|(from, _)| *from <= tid)
+    }
+}
+
+/// A retention policy as the log and the index store it (its text form).
+pub(crate) fn decode_retention(s: &str) -> Result<Retention, DecodeError> {
+    s.parse().map_err(|_| DecodeError("retention policy"))
 }
 
 pub(crate) fn pfs_by_id(kv: &dyn KvRead, id: u32) -> Result<Option<PfsRecord>> {

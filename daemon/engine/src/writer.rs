@@ -59,6 +59,11 @@ pub(crate) enum Work {
     },
     /// A change to the PFS catalog.
     Pfs(PfsCommand),
+    /// Prune a PFS by its retention policy.
+    Prune {
+        pfs: String,
+        opts: crate::prune::PruneOptions,
+    },
     /// Make everything written durable.
     Sync,
 }
@@ -89,6 +94,7 @@ pub(crate) enum Outcome {
         partial: Option<Partial>,
     },
     Pfs,
+    Pruned(crate::prune::PruneReport),
 }
 
 /// Work and where to answer.
@@ -223,10 +229,20 @@ impl Writer {
         let mut notify = Vec::new();
         let mut need_sync = self.unsynced > MAX_UNSYNCED;
         let mut commits = 0u64;
+        // Records below this LSN are on the device (those of this group are not yet).
+        let written_below = self
+            .app
+            .tail
+            .map_or(0, |(seg, off)| seg.seq * self.app.seg_size + off);
+        let disk = OnDisk {
+            dev: &self.dev,
+            map: &map,
+            written_below,
+        };
         for sub in &mut group {
             let mark = self.app.mark();
             let mut child = Overlay::new(&layer, Writes::new());
-            match execute(&mut self.app, &map, &mut child, &mut sub.work, &mut notify) {
+            match execute(&mut self.app, &disk, &mut child, &mut sub.work, &mut notify) {
                 Ok(outcome) => {
                     let writes = child.writes;
                     layer.writes.extend(writes);
@@ -394,13 +410,39 @@ fn place_chunk(
     apply_record(ov, lsn, &rec)
 }
 
+/// The log as it is on the device while a group is assembled.
+struct OnDisk<'a> {
+    dev: &'a Device,
+    map: &'a SegmentMap,
+    written_below: u64,
+}
+
+impl OnDisk<'_> {
+    /// The length of the record at `lsn`, header included; 0 for a record of the group being
+    /// assembled (not on the device yet).
+    fn record_len(&self, lsn: u64) -> Result<u64> {
+        if lsn >= self.written_below {
+            return Ok(0);
+        }
+        let (_, off) = self
+            .map
+            .locate(lsn)
+            .ok_or_else(|| Error::Index(format!("no segment holds LSN {lsn:#x}")))?;
+        let mut head = [0u8; crate::record::RECORD_HEADER];
+        self.dev.read_at(&mut head, off)?;
+        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        Ok((crate::record::RECORD_HEADER as u64) + u64::from(len))
+    }
+}
+
 fn execute(
     app: &mut Appender,
-    map: &SegmentMap,
+    disk: &OnDisk<'_>,
     ov: &mut Overlay<'_>,
     work: &mut Work,
     notify: &mut Vec<(u32, Tid)>,
 ) -> Result<Outcome> {
+    let map = disk.map;
     // Chunk buffers move into the flush unit rather than being copied.
     match work {
         Work::Chunks(chunks) => {
@@ -478,6 +520,18 @@ fn execute(
                 notify.push((id, p.head));
             }
             Ok(Outcome::Pfs)
+        }
+        Work::Prune { pfs, opts } => {
+            let p = schema::pfs_by_name(ov, pfs)?.ok_or_else(|| Error::NoSuchPfs(pfs.clone()))?;
+            let report = crate::prune::plan(ov, &p, opts, &|lsn| disk.record_len(lsn))?;
+            if !report.ranges.is_empty() {
+                let rec = Record::Pfs(crate::record::PfsEvent::Prune {
+                    id: p.id,
+                    ranges: report.ranges.clone(),
+                });
+                place(app, map, ov, &rec, true)?;
+            }
+            Ok(Outcome::Pruned(report))
         }
         Work::Sync => Ok(Outcome::Written),
     }

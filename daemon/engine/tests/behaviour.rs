@@ -50,8 +50,8 @@ fn a_nohistory_pfs_keeps_only_its_head() {
     );
     for old in [t1, t2] {
         match e.read_file(&scratch, &p("f"), &At::Tid(old)) {
-            Err(Error::Pruned { tid, floor }) => {
-                assert_eq!((tid, floor), (old, t3));
+            Err(Error::Pruned { tid, next }) => {
+                assert_eq!((tid, next), (old, t3));
             }
             other => panic!("a read at {old} of a nohistory PFS gave {other:?}"),
         }

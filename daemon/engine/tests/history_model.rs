@@ -4,6 +4,11 @@
 //! commit (and so must any time between two commits), before and after a reopen and after an
 //! index rebuild; every transaction the model refuses, the engine refuses with the same error
 //! and without a trace.
+//!
+//! Retention against the same model: random transactions, snapshots and pauses, with prunes
+//! (at advancing times, some with a hold) applied repeatedly. Every commit the policy keeps must
+//! read back exactly as the model was; every commit it dropped must report "pruned"; and both
+//! must stay so after a reopen and after an index rebuild from the log.
 
 mod common;
 
@@ -304,31 +309,23 @@ fn check_all(e: &Engine, pfs: &PfsName, states: &[(Tid, Model)], when: &str) {
     }
 }
 
-fn run(txns: Vec<(bool, Vec<Seed>)>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pfs = name("data");
-    let size = 64 << 20;
-    let e = Engine::open(options(dir.path(), size)).expect("open");
-    let created = e
-        .create_pfs(&pfs, PfsOptions::default())
-        .expect("create")
-        .created;
-    let mut model = Model::new();
-    let mut states = vec![(created, model.clone())];
-    for (aim, seeds) in &txns {
+/// Runs one random transaction against the engine and the model; a commit appends its state.
+fn step(e: &Engine, pfs: &PfsName, states: &mut Vec<(Tid, Model)>, aim: bool, seeds: &[Seed]) {
+    let mut model = states.last().expect("at least the creation").1.clone();
+    {
         let mut next = model.clone();
         let mut ops = Vec::new();
         let mut expected = Ok(());
         for s in seeds {
-            let op = resolve(&next, s, *aim);
+            let op = resolve(&next, s, aim);
             if expected.is_ok() {
                 expected = apply(&mut next, &op);
             }
             ops.push(op);
         }
-        let head = e.pfs(&pfs).expect("pfs").head;
+        let head = e.pfs(pfs).expect("pfs").head;
         let written = e.stats().bytes_written.load(Ordering::Relaxed);
-        let mut tx = e.begin(&pfs).expect("begin");
+        let mut tx = e.begin(pfs).expect("begin");
         for op in &ops {
             match op {
                 Op::Put(i, c) => tx.put_bytes(&p(PATHS[*i]), file_attrs(), c),
@@ -358,7 +355,7 @@ fn run(txns: Vec<(bool, Vec<Seed>)>) {
                     "the engine refused {ops:?} with: {err}"
                 );
                 assert_eq!(
-                    e.pfs(&pfs).expect("pfs").head,
+                    e.pfs(pfs).expect("pfs").head,
                     head,
                     "a refusal commits nothing"
                 );
@@ -373,6 +370,21 @@ fn run(txns: Vec<(bool, Vec<Seed>)>) {
             }
             (Err(err), Ok(())) => panic!("the engine refused {ops:?}: {err}"),
         }
+    }
+}
+
+fn run(txns: Vec<(bool, Vec<Seed>)>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pfs = name("data");
+    let size = 64 << 20;
+    let e = Engine::open(options(dir.path(), size)).expect("open");
+    let created = e
+        .create_pfs(&pfs, PfsOptions::default())
+        .expect("create")
+        .created;
+    let mut states = vec![(created, Model::new())];
+    for (aim, seeds) in &txns {
+        step(&e, &pfs, &mut states, *aim, seeds);
     }
     check_all(&e, &pfs, &states, "running");
     drop(e);
@@ -399,5 +411,192 @@ proptest! {
         txns in prop::collection::vec(txn(), 1..30)
     ) {
         run(txns);
+    }
+}
+
+/// What the retention test does between transactions.
+#[derive(Debug, Clone)]
+enum Action {
+    Txn(bool, Vec<Seed>),
+    /// Prune with `now` this many ms after the head, and a hold at the commit this far back
+    /// from the head (none when `None`).
+    Prune(u64, Option<usize>),
+    /// Name a snapshot at a commit this far back from the head (if it is still readable).
+    Snapshot(usize),
+    /// Let the clock move on, so that commits spread over the policy's slots.
+    Sleep(u64),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        12 => txn().prop_map(|(aim, seeds)| Action::Txn(aim, seeds)),
+        2 => (0..4000u64, prop::option::weighted(0.4, 0..8usize))
+            .prop_map(|(ms, hold)| Action::Prune(ms, hold)),
+        1 => (0..8usize).prop_map(Action::Snapshot),
+        2 => (1..120u64).prop_map(Action::Sleep),
+    ]
+}
+
+/// The commits (indexes into the states; 0 is the creation) that are still readable, by an
+/// oracle that follows the rules of `repld_engine::prune` with `Retention::thin` deciding what
+/// the policy alone keeps.
+fn oracle_prune(
+    policy: &repld_engine::Retention,
+    states: &[(Tid, Model)],
+    kept: &mut Vec<usize>,
+    snapshots: &[Tid],
+    now: Tid,
+    hold: Option<Tid>,
+) -> u64 {
+    let commits: Vec<usize> = kept.iter().copied().filter(|i| *i > 0).collect();
+    let tids: Vec<Tid> = commits.iter().map(|i| states[*i].0).collect();
+    let mut keep = policy.thin(now, &tids);
+    if let Some(last) = keep.last_mut() {
+        *last = true;
+    }
+    for s in snapshots {
+        if let Some(i) = tids.partition_point(|t| t <= s).checked_sub(1) {
+            keep[i] = true;
+        }
+    }
+    for (i, t) in tids.iter().enumerate() {
+        if hold.is_some_and(|h| *t >= h) {
+            keep[i] = true;
+        }
+    }
+    let dropped = keep.iter().filter(|k| !**k).count() as u64;
+    *kept = std::iter::once(0)
+        .chain(
+            commits
+                .into_iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(i, _)| i),
+        )
+        .collect();
+    dropped
+}
+
+/// Every kept commit (and the instant before the next commit) reads back as its model; every
+/// pruned one, and the instant before the next commit, reports "pruned"; every version that
+/// `history` still lists is visible at a kept commit.
+fn check_retained(e: &Engine, pfs: &PfsName, states: &[(Tid, Model)], kept: &[usize], when: &str) {
+    for (i, (tid, want)) in states.iter().enumerate() {
+        let last = states
+            .get(i + 1)
+            .map_or(*tid, |(next, _)| Tid(next.get() - 1));
+        for at in [*tid, last] {
+            if kept.contains(&i) {
+                assert_eq!(
+                    &read_model(e, pfs, &At::Tid(at)),
+                    want,
+                    "{when}: kept commit {i} read at {at}"
+                );
+            } else {
+                match e.list(pfs, &repld_engine::EntryPath::root(), &At::Tid(at)) {
+                    Err(Error::Pruned { tid, next }) => {
+                        assert_eq!(tid, at);
+                        assert!(next > at, "{when}: the next readable TID lies after {at}");
+                    }
+                    other => panic!("{when}: pruned commit {i} read at {at} gave {other:?}"),
+                }
+            }
+        }
+    }
+    let (head, last) = states.last().expect("at least the creation");
+    assert_eq!(&read_model(e, pfs, &At::Head), last, "{when}: head state");
+    assert_eq!(e.pfs(pfs).expect("pfs").head, *head, "{when}: head");
+    let paths: std::collections::BTreeSet<&String> =
+        states.iter().flat_map(|(_, m)| m.keys()).collect();
+    for path in paths {
+        for v in e.history(pfs, &p(path)).expect("history") {
+            let seen = kept.iter().any(|i| {
+                let t = states[*i].0;
+                v.created <= t && v.deleted.is_none_or(|d| d > t)
+            });
+            assert!(
+                seen,
+                "{when}: `{path}` version {} is kept but no kept commit sees it",
+                v.created
+            );
+        }
+    }
+}
+
+fn run_retention(policy: &str, actions: Vec<Action>) {
+    let policy: repld_engine::Retention = policy.parse().expect("a valid policy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pfs = name("data");
+    let size = 64 << 20;
+    let e = Engine::open(options(dir.path(), size)).expect("open");
+    let created = e
+        .create_pfs(&pfs, PfsOptions::default())
+        .expect("create")
+        .created;
+    e.set_retention(&pfs, policy.clone())
+        .expect("set retention");
+    assert_eq!(e.pfs(&pfs).expect("pfs").retention, policy);
+    let mut states = vec![(created, Model::new())];
+    let mut kept = vec![0usize];
+    let mut snapshots = Vec::new();
+    for a in actions {
+        match a {
+            Action::Txn(aim, seeds) => {
+                let before = states.len();
+                step(&e, &pfs, &mut states, aim, &seeds);
+                kept.extend(before..states.len());
+            }
+            Action::Sleep(ms) => std::thread::sleep(std::time::Duration::from_millis(ms)),
+            Action::Snapshot(back) => {
+                let Some(&i) = kept.iter().rev().nth(back) else {
+                    continue;
+                };
+                let name = format!("s{}", snapshots.len());
+                let tid = states[i].0;
+                e.snapshot_create(&pfs, &name, Some(tid)).expect("snapshot");
+                snapshots.push(tid);
+            }
+            Action::Prune(ms, back) => {
+                let head = states.last().expect("states").0;
+                let opts = repld_engine::PruneOptions {
+                    now: Tid(head.get() + ms * 1_000_000),
+                    hold: back
+                        .and_then(|b| kept.iter().rev().nth(b))
+                        .map(|i| states[*i].0),
+                    force: false,
+                };
+                let dry = e.prune_plan(&pfs, opts).expect("dry run");
+                let report = e.prune(&pfs, opts).expect("prune");
+                assert_eq!(dry, report, "the dry run names what the prune does");
+                let dropped =
+                    oracle_prune(&policy, &states, &mut kept, &snapshots, opts.now, opts.hold);
+                assert_eq!(report.commits, dropped, "commits pruned");
+                check_retained(&e, &pfs, &states, &kept, "after a prune");
+            }
+        }
+    }
+    check_retained(&e, &pfs, &states, &kept, "at the end");
+    drop(e);
+    let e = Engine::open(options(dir.path(), size)).expect("reopen");
+    check_retained(&e, &pfs, &states, &kept, "after reopen");
+    drop(e);
+    let e = Engine::open(mem_options(dir.path(), size)).expect("open with a rebuilt index");
+    check_retained(&e, &pfs, &states, &kept, "after an index rebuild");
+    assert_eq!(
+        e.pfs(&pfs).expect("pfs").retention,
+        policy,
+        "policy after rebuild"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn every_kept_tid_reads_back_as_the_model_and_every_pruned_tid_says_pruned(
+        policy in prop::sample::select(vec!["0s", "0s,1s:1w", "1s", "1s,1s:3s", "2s,1s:4s,2s:8s"]),
+        actions in prop::collection::vec(action(), 1..80)
+    ) {
+        run_retention(policy, actions);
     }
 }
