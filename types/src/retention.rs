@@ -166,7 +166,7 @@ struct Dur(u64);
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, ns) in [("w", WEEK), ("d", DAY), ("h", HOUR), ("m", MIN)] {
-            if self.0 >= ns && self.0 % ns == 0 {
+            if self.0 >= ns && self.0.is_multiple_of(ns) {
                 return write!(f, "{}{unit}", self.0 / ns);
             }
         }
