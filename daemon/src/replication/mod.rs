@@ -221,12 +221,9 @@ impl Replication {
     pub async fn pair(&self, p: Pairing) -> Result<[u8; 16], Status> {
         let pfs = PfsName::new(p.master_pfs.clone())
             .map_err(|e| Status::invalid_argument(format!("master PFS: {e}")))?;
+        // A slave PFS may feed a further slave (a cascade): its sender follows the slave's
+        // synced TID, which only moves when a TID has wholly arrived and is readable.
         let info = self.engine.pfs(&pfs).map_err(crate::service::status)?;
-        if info.role != repld_engine::Role::Master {
-            return Err(Status::failed_precondition(format!(
-                "PFS {pfs} is a slave; only a master feeds slaves (cascades are not supported yet)"
-            )));
-        }
         self.slave_endpoint(&p)?;
         {
             let mut store = self.lock_store();

@@ -28,7 +28,7 @@ impl Source for EngineSource {
     async fn next_batch(&self, from: Position, max_bytes: u64) -> Result<Option<Payload>, String> {
         let engine = self.engine.clone();
         let pfs = self.pfs.clone();
-        tokio::task::spawn_blocking(move || batch(&engine, &pfs, from, max_bytes))
+        tokio::task::spawn_blocking(move || batch(&engine, &pfs, from, max_bytes, Tid::MAX))
             .await
             .map_err(|e| format!("the scan task failed: {e}"))?
             .map_err(|e| e.to_string())
@@ -45,13 +45,15 @@ impl Source for EngineSource {
     }
 }
 
-/// Reads the batch after `from`: whole changes, each after its chunks, until `max_bytes`; a
-/// change whose chunks do not fit is split, the batch ending inside it.
-fn batch(
+/// Reads the batch after `from`: whole changes up to TID `until`, each after its chunks, until
+/// `max_bytes`; a change whose chunks do not fit is split, the batch ending inside it. A sender
+/// reads to the end (`Tid::MAX`); a dump stops at the head it started from.
+pub(crate) fn batch(
     engine: &Engine,
     pfs: &PfsName,
     from: Position,
     max_bytes: u64,
+    until: Tid,
 ) -> repld_engine::Result<Option<Payload>> {
     let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let mut buf = BytesMut::new();
@@ -61,6 +63,9 @@ fn batch(
         records > 0 && buf.len() + wire::FRAME + more > max
     };
     for change in engine.changes_since(pfs, from.synced, SCAN)? {
+        if change.tid > until {
+            break;
+        }
         let refs: Vec<_> = change.chunk_refs().copied().collect();
         let mut done = match from.partial {
             Some((tid, n)) if tid == change.tid => usize::try_from(n).unwrap_or(usize::MAX),
@@ -96,5 +101,98 @@ fn payload(to: Position, first: Option<Tid>, buf: BytesMut, records: u32) -> Pay
         first_tid: first.unwrap_or(to.synced),
         bytes: buf.freeze(),
         records,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use repld_engine::{
+        ApplyBatch, Attrs, EngineOptions, EntryPath, FormatOptions, Partial, PfsOptions, Role,
+    };
+
+    use super::*;
+
+    fn engine(dir: &std::path::Path) -> Engine {
+        let mut o = EngineOptions::new(dir.join("dev.img"), dir.join("index"));
+        o.create = Some(FormatOptions {
+            force: false,
+            segment_size: Some(4 << 20),
+            create_size: Some(128 << 20),
+        });
+        Engine::open(o).expect("open")
+    }
+
+    fn apply(e: &Engine, pfs: &PfsName, p: &Payload) {
+        let d = wire::decode(&p.bytes).expect("decode");
+        e.apply(
+            pfs,
+            ApplyBatch {
+                chunks: d.chunks,
+                changes: d.changes,
+                partial: p
+                    .to
+                    .partial
+                    .map(|(tid, chunks_done)| Partial { tid, chunks_done }),
+                master_head: Tid::ZERO,
+            },
+        )
+        .expect("apply");
+    }
+
+    /// A cascade's middle node: a slave PFS read as a source offers only what it has wholly
+    /// received. A TID that has partly arrived is neither in its head nor in its batches.
+    #[test]
+    fn a_slave_as_a_source_never_offers_a_partly_received_tid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = engine(dir.path());
+        let (a, b) = (
+            PfsName::new("a").expect("name"),
+            PfsName::new("b").expect("name"),
+        );
+        let info = e.create_pfs(&a, PfsOptions::default()).expect("master");
+        e.create_pfs(
+            &b,
+            PfsOptions {
+                role: Role::Slave,
+                nohistory: false,
+                shared_uuid: Some(info.shared_uuid),
+            },
+        )
+        .expect("slave");
+        let mut tx = e.begin(&a).expect("begin");
+        let path = EntryPath::new("big").expect("path");
+        tx.put_bytes(&path, Attrs::now(0o644), &vec![5u8; 3 << 20])
+            .expect("put");
+        let tid = tx.commit().expect("commit").expect("a TID");
+
+        // Two of its three chunks reach the slave.
+        let first = batch(&e, &a, Position::at(Tid::ZERO), (2 << 20) + 4096, Tid::MAX)
+            .expect("scan")
+            .expect("a batch");
+        assert_eq!(first.to.partial, Some((tid, 2)));
+        apply(&e, &b, &first);
+        let head = e.subscribe(&b).expect("subscribe");
+        assert_eq!(*head.borrow(), Tid::ZERO, "a partial TID moved the head");
+        assert!(
+            batch(&e, &b, Position::at(Tid::ZERO), 64 << 20, Tid::MAX)
+                .expect("scan")
+                .is_none(),
+            "the slave offered a TID it has only partly received"
+        );
+
+        // The rest arrives: now the slave offers exactly what the master does.
+        let rest = batch(&e, &a, first.to, 64 << 20, Tid::MAX)
+            .expect("scan")
+            .expect("a batch");
+        apply(&e, &b, &rest);
+        assert_eq!(*head.borrow(), tid);
+        let from_b = batch(&e, &b, Position::at(Tid::ZERO), 64 << 20, Tid::MAX)
+            .expect("scan")
+            .expect("a batch");
+        let from_a = batch(&e, &a, Position::at(Tid::ZERO), 64 << 20, Tid::MAX)
+            .expect("scan")
+            .expect("a batch");
+        assert_eq!(from_b.to, Position::at(tid));
+        assert_eq!(from_b.bytes, from_a.bytes);
     }
 }
