@@ -275,8 +275,14 @@ where
     Ok(())
 }
 
-/// The checks made before anything is written.
-fn check(b: pb::Batch, expected_seq: u64, limits: Limits) -> Result<CheckedBatch, Refusal> {
+/// The checks made before anything is written: `seq` is `expected_seq`, the payload is within
+/// the limit and matches its CRC32C, and the positions are valid and advance. A restore from a
+/// dump file (whose records are these batches) makes the same checks.
+pub fn check(
+    b: pb::Batch,
+    expected_seq: u64,
+    limits: Limits,
+) -> Result<CheckedBatch, (Rejection, Status)> {
     if b.seq != expected_seq {
         return Err((
             Rejection::Sequence,

@@ -156,7 +156,7 @@ pub async fn run(ctx: &Ctx, a: ExportArgs) -> Result<()> {
 
 /// Where to write before the final name: a temporary file beside a regular (or new) file, the
 /// path itself for anything else (`/dev/null`, a FIFO).
-fn staging_path(path: &Path) -> (PathBuf, bool) {
+pub(crate) fn staging_path(path: &Path) -> (PathBuf, bool) {
     match std::fs::metadata(path) {
         Ok(m) if !m.is_file() => (path.to_owned(), false),
         _ => {

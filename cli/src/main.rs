@@ -14,6 +14,8 @@
 //! - [`snapshot`]: `snapshot create|list|delete`.
 //! - [`import`]: `import DIR TARGET`.
 //! - [`export`]: `export TARGET [-o FILE]`.
+//! - [`replication`]: `pair`, `unpair`, `status`, `wait-sync`, `verify`.
+//! - [`seeding`]: `dump NODE:PFS [--since TID] [-o FILE]`, `restore FILE NODE:PFS`.
 //! - `certs`: `replctl certs init`, a CA and node and admin certificates for a first setup.
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage (clap's own, and a bad target), 3 verify mismatch
@@ -34,6 +36,7 @@ mod output;
 mod pfs;
 mod progress;
 mod replication;
+mod seeding;
 mod snapshot;
 mod target;
 
@@ -115,6 +118,14 @@ enum Command {
     WaitSync(replication::WaitSyncArgs),
     /// Prove a slave equals its master: compare Merkle digests at a TID (exit 3 on a mismatch).
     Verify(replication::VerifyArgs),
+    /// Write a PFS's replication record stream to a file, for seeding a slave offline.
+    ///
+    /// Example: replctl dump node1:data -o /mnt/usb/data.dump
+    Dump(seeding::DumpArgs),
+    /// Apply a dump file to a slave PFS (checked whole first); pair afterwards to continue.
+    ///
+    /// Example: replctl restore /mnt/usb/data.dump node3:data
+    Restore(seeding::RestoreArgs),
 }
 
 /// What every command gets: how to print, and how to reach nodes.
@@ -186,6 +197,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Status(a) => replication::status(ctx, a).await,
         Command::WaitSync(a) => replication::wait_sync(ctx, a).await,
         Command::Verify(a) => replication::verify(ctx, a).await,
+        Command::Dump(a) => seeding::dump(ctx, a).await,
+        Command::Restore(a) => seeding::restore(ctx, a).await,
         Command::Certs(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -15,7 +15,7 @@ use crate::{Ctx, UsageError};
 #[error("{0}")]
 pub struct Mismatch(pub String);
 
-fn parse_tid(s: &str) -> Result<Tid, String> {
+pub(crate) fn parse_tid(s: &str) -> Result<Tid, String> {
     s.parse::<Tid>().map_err(|e| e.to_string())
 }
 

@@ -92,6 +92,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     services.long_running("/repld.v1.Storage/Put");
     services.long_running("/repld.v1.Storage/Export");
     services.long_running("/repld.v1.Storage/Get");
+    services.long_running("/repld.v1.Admin/Dump");
+    services.long_running("/repld.v1.Admin/Restore");
     let mut daemon = Daemon::bind(config, services).await?;
     tracing::info!(metrics = %metrics_addr, "metrics on http://{metrics_addr}/metrics and /healthz");
     daemon.add_essential("metrics endpoint", move |token| {

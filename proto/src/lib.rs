@@ -10,6 +10,8 @@
 //!   receipt and `From<..> for pb::X` for sending.
 //! - [`client`]: typed clients ([`StorageClient`], [`AdminClient`]) and connection set-up
 //!   ([`Endpoint`]: Unix socket, `https://` with mutual TLS, or loopback `http://`).
+//! - [`dump`]: the dump file of offline seeding (frames, checks), shared by `replctl` and the
+//!   daemon.
 //! - [`error`]: [`ProtocolError`] (a malformed message; maps to `INVALID_ARGUMENT`) and
 //!   [`ClientError`].
 //!
@@ -18,6 +20,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod dump;
 pub mod error;
 
 /// Code generated from the `.proto` files (package `repld.v1`).

@@ -5,10 +5,13 @@
 //! - [`source`] / [`sink`]: the engine behind the agent's [`repl_agent::Source`] and
 //!   [`repl_agent::Sink`].
 //! - [`wire`]: the record frames inside a batch payload.
+//! - [`seed`]: offline seeding, a PFS's record stream to a dump file and back
+//!   (`replctl dump` / `replctl restore`).
 //! - [`Replication`]: starts a sender task per pairing at start-up and on `pair`, stops it on
 //!   `unpair` or shutdown, changes its bandwidth in place, and reports status.
 //! - [`ReplicationService`]: the gRPC Replication service (peers only) over the sink.
 
+pub mod seed;
 pub mod sink;
 pub mod source;
 pub mod store;
@@ -100,6 +103,7 @@ impl Replication {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Replication>> {
         let store = Store::load(&config.data_dir)?;
+        seed::remove_stale_spools(&config.data_dir);
         let sink = EngineSink {
             engine: engine.clone(),
             upstreams: Arc::new(Mutex::new(store.settings.upstreams.clone())),
@@ -393,6 +397,22 @@ impl Replication {
             .clone()
     }
 
+    /// The dump file of `pfs` after `since` ([`seed::dump`]).
+    pub fn dump(&self, pfs: PfsName, since: Tid) -> crate::service::BoxStream<pb::DumpResponse> {
+        seed::dump(self.engine.clone(), pfs, since)
+    }
+
+    /// Applies a dump file to a slave PFS ([`seed::restore`]).
+    pub async fn restore(
+        &self,
+        inbound: tonic::Streaming<pb::RestoreRequest>,
+    ) -> Result<(PfsName, seed::Restored), Status> {
+        let limits = repl_agent::Limits {
+            max_batch_bytes: accepted_batch_bytes(self.config.limits.max_message_bytes.bytes()),
+        };
+        seed::restore(&self.sink, &self.config.data_dir, limits, inbound).await
+    }
+
     /// Every slave PFS with an accepted master: what the receiver saw, its synced TID, and how
     /// far behind it is by the last heartbeat (0 when it has the master's head).
     pub fn slaves(&self) -> Vec<SlaveRow> {
@@ -468,15 +488,21 @@ impl ReplicationService {
         shutdown: CancellationToken,
         max_message_bytes: usize,
     ) -> ReplicationService {
-        let max_batch_bytes = (max_message_bytes as u64)
-            .saturating_sub(64 << 10)
-            .max(MAX_BATCH_BYTES);
         ReplicationService {
             sink,
             shutdown,
-            max_batch_bytes,
+            max_batch_bytes: accepted_batch_bytes(max_message_bytes as u64),
         }
     }
+}
+
+/// The largest batch payload a slave accepts (from a stream or a dump file): senders aim at
+/// [`MAX_BATCH_BYTES`], but a single change record (a transaction of very many operations)
+/// travels whole and may be larger, up to the gRPC message limit less 64 KiB of framing.
+pub fn accepted_batch_bytes(max_message_bytes: u64) -> u64 {
+    max_message_bytes
+        .saturating_sub(64 << 10)
+        .max(MAX_BATCH_BYTES)
 }
 
 #[tonic::async_trait]

@@ -84,6 +84,18 @@ impl Sink for EngineSink {
                 hello.slave_pfs, hello.master_pfs, hello.slave_pfs
             )));
         }
+        self.session(name, hello.shared_uuid).await
+    }
+}
+
+impl EngineSink {
+    /// A session into slave PFS `name`, which must be a slave with `shared_uuid`: what a stream
+    /// opens once its peer is allowed, and what a restore from a dump file applies through.
+    pub async fn session(
+        &self,
+        name: PfsName,
+        shared_uuid: [u8; 16],
+    ) -> Result<EngineSession, Status> {
         let engine = self.engine.clone();
         let info = {
             let name = name.clone();
@@ -97,11 +109,11 @@ impl Sink for EngineSink {
                 "PFS {name} on this node is a master: replication only writes to slaves"
             )));
         }
-        if info.shared_uuid != hello.shared_uuid {
+        if info.shared_uuid != shared_uuid {
             return Err(Status::failed_precondition(format!(
                 "PFS {name} on this node belongs to another pair (shared UUID {} here, {} on the master)",
                 uuid::Uuid::from_bytes(info.shared_uuid),
-                uuid::Uuid::from_bytes(hello.shared_uuid)
+                uuid::Uuid::from_bytes(shared_uuid)
             )));
         }
         Ok(EngineSession {

@@ -292,4 +292,32 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map(Response::new)
     }
+
+    type DumpStream = super::BoxStream<pb::DumpResponse>;
+
+    async fn dump(
+        &self,
+        req: Request<pb::DumpRequest>,
+    ) -> Result<Response<Self::DumpStream>, Status> {
+        let r = req.into_inner();
+        let name = pfs_name("pfs", r.pfs)?;
+        Ok(Response::new(
+            self.replication.dump(name, repld_engine::Tid(r.since_tid)),
+        ))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<pb::RestoreRequest>>,
+    ) -> Result<Response<pb::RestoreResponse>, Status> {
+        let (name, done) = self.replication.restore(req.into_inner()).await?;
+        let engine = self.engine.clone();
+        let p = blocking(move || engine.pfs(&name)).await?;
+        Ok(Response::new(pb::RestoreResponse {
+            slave: Some(pfs_info(&p)),
+            created: done.created,
+            batches_applied: done.applied,
+            batches_skipped: done.skipped,
+        }))
+    }
 }
