@@ -379,3 +379,58 @@ fn an_incremental_dump_restores_onto_its_checkpoint_and_a_mismatched_start_is_re
     );
     Ok(())
 }
+
+#[test]
+fn a_node_killed_mid_restore_keeps_a_consistent_slave_and_the_restore_finishes_when_run_again()
+-> Result<()> {
+    let mut c = Cluster::start(2, |_| NodeOptions {
+        device_size: "1GiB".into(),
+        ..NodeOptions::default()
+    })?;
+    let src = c.work.path().join("src");
+    tree::bulk_tree(&src, 200, 160 << 20, 13)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    let file = c.work.path().join("full.dump");
+    dump(&c, "node1:data", None, &file)?;
+
+    // SIGKILL node2 once the restore is under way (its spool file exists).
+    let mut child = c
+        .replctl(&[&"restore", &file, &"node2:data"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while spools(&mut c, 2)?.is_empty() {
+        ensure!(
+            Instant::now() < deadline && child.try_wait()?.is_none(),
+            "the restore ended before it was seen under way"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    c.node(2).kill()?;
+    let _ = child.wait();
+    ensure!(
+        !spools(&mut c, 2)?.is_empty(),
+        "no spool file to be left by the kill"
+    );
+    c.node(2).launch()?;
+    ensure!(
+        spools(&mut c, 2)?.is_empty(),
+        "the spool file left by the kill was not removed at start-up"
+    );
+    // Whatever it reached is a state the master had.
+    let out = c.ok(&[&"--json", &"pfs", &"list", &"node2"])?;
+    if out.contains("\"data\"") && !out.contains("\"head_tid\":null") {
+        c.verify_match("node1:data", "node2:data", false)?;
+    }
+
+    let r = restore(&c, &file, "node2:data")?;
+    ensure!(
+        head(&c, "node2", "data")? == head(&c, "node1", "data")?,
+        "the second restore did not finish: {r}"
+    );
+    c.verify_match("node1:data", "node2:data", true)?;
+    tree::make_writable(c.work.path());
+    Ok(())
+}
