@@ -11,6 +11,7 @@ use repl_types::{EntryPath, PfsName, Retention, Tid};
 use tokio::sync::watch;
 
 use crate::apply::apply_record;
+use crate::chunkfilter::ChunkFilter;
 use crate::device::{Device, FormatOptions};
 use crate::error::{Error, Result};
 use crate::exec::{IfExists, Intent, PfsCommand};
@@ -310,6 +311,7 @@ impl Engine {
             app,
             shared: Arc::clone(&shared),
             pending: Writes::new(),
+            known_chunks: ChunkFilter::build(&*index)?,
             unsynced: 0,
         };
         let handle = std::thread::Builder::new()

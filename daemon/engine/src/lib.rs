@@ -13,7 +13,8 @@
 //! - `schema`: key layout and typed values of the index.
 //! - `apply`: how a record changes the index (used by the writer and by replay alike).
 //! - `exec`: validation of transactions, replicated changes and catalog commands.
-//! - `writer`: the group-commit writer thread; `bufpool`: the chunk buffers it recycles.
+//! - `writer`: the group-commit writer thread; `bufpool`: the chunk buffers it recycles;
+//!   `chunkfilter`: the Bloom filter that spares it an index lookup for each new chunk.
 //! - [`Engine`] (`engine`) and its reads (`read`): the public API.
 //! - `export`: deterministic tar export of a PFS at a TID.
 //! - [`prune`]: which commits and versions a retention policy drops, and the prune record.
@@ -24,6 +25,7 @@
 
 mod apply;
 mod bufpool;
+mod chunkfilter;
 mod codec;
 pub mod device;
 mod digest;

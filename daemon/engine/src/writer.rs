@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::apply::apply_record;
 use crate::bufpool::ChunkBufs;
+use crate::chunkfilter::ChunkFilter;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::exec::{self, Intent, PfsCommand};
@@ -178,6 +179,8 @@ pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     /// Index changes of units written but not yet durable.
     pub pending: Writes,
+    /// Which chunks may be stored: spares the index a lookup for each new chunk.
+    pub known_chunks: ChunkFilter,
     pub unsynced: u64,
 }
 
@@ -242,7 +245,14 @@ impl Writer {
         for sub in &mut group {
             let mark = self.app.mark();
             let mut child = Overlay::new(&layer, Writes::new());
-            match execute(&mut self.app, &disk, &mut child, &mut sub.work, &mut notify) {
+            match execute(
+                &mut self.app,
+                &mut self.known_chunks,
+                &disk,
+                &mut child,
+                &mut sub.work,
+                &mut notify,
+            ) {
                 Ok(outcome) => {
                     let writes = child.writes;
                     layer.writes.extend(writes);
@@ -393,6 +403,7 @@ fn place(
 
 fn place_chunk(
     app: &mut Appender,
+    known: &mut ChunkFilter,
     map: &SegmentMap,
     ov: &mut Overlay<'_>,
     framed: Vec<u8>,
@@ -403,9 +414,10 @@ fn place_chunk(
     let Record::Chunk { hash, .. } = &rec else {
         return Err(Error::Invalid("expected a chunk record".into()));
     };
-    if schema::chunk_loc(ov, hash)?.is_some() {
+    if known.may_contain(hash) && schema::chunk_loc(ov, hash)?.is_some() {
         return Ok(());
     }
+    known.insert(hash);
     let lsn = app.place(framed, map, false)?;
     apply_record(ov, lsn, &rec)
 }
@@ -437,6 +449,7 @@ impl OnDisk<'_> {
 
 fn execute(
     app: &mut Appender,
+    known: &mut ChunkFilter,
     disk: &OnDisk<'_>,
     ov: &mut Overlay<'_>,
     work: &mut Work,
@@ -447,7 +460,7 @@ fn execute(
     match work {
         Work::Chunks(chunks) => {
             for c in std::mem::take(chunks) {
-                place_chunk(app, map, ov, c)?;
+                place_chunk(app, known, map, ov, c)?;
             }
             Ok(Outcome::Written)
         }
@@ -459,7 +472,7 @@ fn execute(
             let p = exec::writable_pfs(ov, pfs)?;
             let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
             for c in std::mem::take(chunks) {
-                place_chunk(app, map, ov, c)?;
+                place_chunk(app, known, map, ov, c)?;
             }
             match exec::commit(ov, &p, intents, Tid::now())? {
                 None => Ok(Outcome::Committed(None, 0)),
@@ -490,7 +503,7 @@ fn execute(
             };
             load(ov)?;
             for c in std::mem::take(chunks) {
-                place_chunk(app, map, ov, c)?;
+                place_chunk(app, known, map, ov, c)?;
             }
             for change in changes {
                 let p = load(ov)?;

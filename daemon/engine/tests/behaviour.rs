@@ -577,3 +577,36 @@ fn subscribers_see_each_new_head() {
     assert!(tx.commit().is_err());
     assert!(!rx.has_changed().expect("the engine is open"));
 }
+
+#[test]
+fn content_stored_before_a_reopen_is_not_stored_again_after_it() {
+    // The writer skips a chunk it already holds; after a reopen it learns which it holds from
+    // the index (its Bloom filter is rebuilt from it), so no chunk is written twice.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = name("data");
+    let content = pattern(7, 3 << 20);
+    {
+        let e = engine(dir.path());
+        e.create_pfs(&data, PfsOptions::default()).expect("create");
+        put(&e, &data, "first.bin", &content);
+        e.close();
+    }
+    let e = engine(dir.path());
+    let before = e.stats().bytes_written.load(Ordering::Relaxed);
+    put(&e, &data, "second.bin", &content);
+    let written = e.stats().bytes_written.load(Ordering::Relaxed) - before;
+    assert!(
+        written < 64 << 10,
+        "{written} bytes written for a copy of 3 MiB already stored: its chunks were stored again"
+    );
+    let fresh = pattern(8, 3 << 20);
+    let before = e.stats().bytes_written.load(Ordering::Relaxed);
+    put(&e, &data, "third.bin", &fresh);
+    let written = e.stats().bytes_written.load(Ordering::Relaxed) - before;
+    assert!(
+        written >= 3 << 20,
+        "new content is stored ({written} bytes)"
+    );
+    let t = tree(&e, &data, &At::Head);
+    assert_eq!(t.get("second.bin"), t.get("first.bin"));
+}
