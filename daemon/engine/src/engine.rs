@@ -11,6 +11,7 @@ use repl_types::{EntryPath, PfsName, Retention, Tid};
 use tokio::sync::watch;
 
 use crate::apply::apply_record;
+use crate::bufpool::ChunkBufs;
 use crate::chunkfilter::ChunkFilter;
 use crate::device::{Device, FormatOptions};
 use crate::error::{Error, Result};
@@ -19,8 +20,7 @@ use crate::index::{IndexStore, KvRead, MemIndex, Overlay, SledIndex, Writes};
 use crate::log::{self, Appender, LogEnd, LogPos, ScanEvent, SegmentMap};
 use crate::prune::{PruneOptions, PruneReport, TidRange};
 use crate::record::{
-    CHUNK_DATA_OFFSET, CHUNK_SIZE, Change, Hash, Partial, Record, Role, encode_chunk,
-    frame_chunk_in_place,
+    CHUNK_DATA_OFFSET, CHUNK_SIZE, Change, Hash, Partial, Record, Role, frame_chunk_in_place,
 };
 use crate::schema::{self, PfsRecord};
 use crate::writer::{self, Outcome, Shared, Stats, Submission, Work, Writer};
@@ -527,6 +527,7 @@ impl Engine {
     /// hashed here; a change whose chunks did not arrive intact is refused. Changes already
     /// applied are skipped, so a repeated batch is harmless.
     pub fn apply(&self, name: &PfsName, batch: ApplyBatch) -> Result<Checkpoint> {
+        let bufs = &self.inner.shared.chunk_bufs;
         let chunks = batch
             .chunks
             .iter()
@@ -538,7 +539,7 @@ impl Engine {
                         limit: CHUNK_SIZE as u64,
                     });
                 }
-                Ok(encode_chunk(d).1)
+                Ok(frame_received(bufs, d))
             })
             .collect::<Result<Vec<_>>>()?;
         match self.submit(Work::Apply {
@@ -555,6 +556,19 @@ impl Engine {
             other => Err(Error::Index(format!("unexpected writer outcome {other:?}"))),
         }
     }
+}
+
+/// A received chunk framed as its record. A full-size chunk goes into a recycled buffer, which
+/// the writer gives back once written: a slave receiving a large file would otherwise fault in a
+/// fresh MiB for each chunk, as `put_file` did before it used the pool.
+fn frame_received(bufs: &ChunkBufs, data: &[u8]) -> Vec<u8> {
+    let mut buf = if data.len() == CHUNK_SIZE {
+        bufs.take()
+    } else {
+        vec![0; CHUNK_DATA_OFFSET + data.len()]
+    };
+    buf[CHUNK_DATA_OFFSET..CHUNK_DATA_OFFSET + data.len()].copy_from_slice(data);
+    frame_chunk_in_place(buf, data.len()).1
 }
 
 /// Opens the index; a missing or unreadable one starts empty (to be rebuilt). Returns whether it

@@ -378,7 +378,7 @@ pub(crate) const CHUNK_DATA_OFFSET: usize = RECORD_HEADER + 32;
 
 /// Frames a chunk record in place: `buf` holds the data at [`CHUNK_DATA_OFFSET`] (the bytes
 /// before it are overwritten) and is cut to `data_len` bytes of data. Saves the copy of
-/// [`encode_chunk`] for data that can be read straight into its record.
+/// a separate encoding for data that can be read straight into its record.
 pub(crate) fn frame_chunk_in_place(mut buf: Vec<u8>, data_len: usize) -> (ChunkRef, Vec<u8>) {
     buf.truncate(CHUNK_DATA_OFFSET + data_len);
     let hash = *blake3::hash(&buf[CHUNK_DATA_OFFSET..]).as_bytes();
@@ -393,29 +393,26 @@ pub(crate) fn frame_chunk_in_place(mut buf: Vec<u8>, data_len: usize) -> (ChunkR
     (ChunkRef { hash, len }, buf)
 }
 
-/// Encodes a chunk record from its data (hashing it).
+/// Encodes a chunk record from its data (hashing it) the straightforward way: the reference
+/// that [`frame_chunk_in_place`], which every writer of chunks uses, is tested against.
+#[cfg(test)]
 pub(crate) fn encode_chunk(data: &[u8]) -> (ChunkRef, Vec<u8>) {
     let hash = *blake3::hash(data).as_bytes();
     let len = u32::try_from(data.len()).expect("chunks are at most CHUNK_SIZE");
-    let buf = encode_chunk_hashed(&hash, data);
+    let buf = frame(KIND_CHUNK, 32 + data.len(), |b| {
+        b.extend_from_slice(&hash);
+        b.extend_from_slice(data);
+    });
     (ChunkRef { hash, len }, buf)
 }
 
-/// Encodes a chunk record whose hash the caller has computed (and verified).
-pub(crate) fn encode_chunk_hashed(hash: &Hash, data: &[u8]) -> Vec<u8> {
-    frame(KIND_CHUNK, 32 + data.len(), |b| {
-        b.extend_from_slice(hash);
-        b.extend_from_slice(data);
-    })
-}
-
 impl Record {
-    /// Encodes a record other than a chunk (chunks are framed by [`encode_chunk`]).
+    /// Encodes a record other than a chunk (chunks are framed by [`frame_chunk_in_place`]).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         let kind = match self {
             Record::Chunk { .. } => {
-                unreachable!("chunk records are encoded with their data by encode_chunk")
+                unreachable!("chunk records are framed with their data by frame_chunk_in_place")
             }
             Record::Commit { pfs, change } => {
                 e.u32(*pfs).u64(change.tid.get()).raw(&change.chain);
