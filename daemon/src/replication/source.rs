@@ -9,6 +9,8 @@ use super::wire;
 
 /// Changes read per scan step.
 const SCAN: usize = 64;
+/// The most batch buffer reserved up front.
+const MAX_PREALLOC: usize = 64 << 20;
 
 /// A master PFS as a sender reads it.
 pub struct EngineSource {
@@ -56,7 +58,8 @@ pub(crate) fn batch(
     until: Tid,
 ) -> repld_engine::Result<Option<Payload>> {
     let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-    let mut buf = BytesMut::new();
+    // The whole batch's room at once: growing it by doubling would copy it again and again.
+    let mut buf = BytesMut::with_capacity(max.min(MAX_PREALLOC));
     let (mut records, mut first) = (0u32, None);
     let mut to = from;
     let full = |buf: &BytesMut, records: u32, more: usize| {
@@ -77,7 +80,7 @@ pub(crate) fn batch(
             if full(&buf, records, r.len as usize) {
                 return Ok(Some(payload(to, first, buf, records)));
             }
-            wire::put_chunk(&mut buf, &engine.read_chunk(&r.hash)?);
+            engine.read_chunk_with(&r.hash, |data| wire::put_chunk(&mut buf, data))?;
             records += 1;
             done += 1;
             to.partial = Some((change.tid, done as u64));
