@@ -65,6 +65,7 @@ fn apply_commit(ov: &mut Overlay<'_>, lsn: u64, pfs: u32, change: &Change) -> Re
         }
     }
     ov.put(schema::tid_key(pfs, tid), lsn.to_le_bytes().to_vec());
+    ov.put(schema::link_key(pfs, tid), change.chain.to_vec());
     p.head = p.head.max(tid);
     p.head_chain = change.chain;
     if p.nohistory {
@@ -141,6 +142,12 @@ fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
             nohistory,
         } => {
             if let Some(mut p) = schema::pfs_by_id(ov, *id)? {
+                if p.role != *role {
+                    // An upgrade drops a partly received TID (its chunks stay unreferenced);
+                    // a downgrade starts with no master heard from.
+                    p.partial = None;
+                    p.master_head = Tid::ZERO;
+                }
                 p.role = *role;
                 if *nohistory && !p.nohistory {
                     p.history_floor = p.head;
@@ -154,7 +161,7 @@ fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
                 ov.remove(schema::name_key(&p.name));
             }
             ov.remove(schema::pfs_key(*id));
-            for space in [b'V', b'T', b'S'] {
+            for space in [b'V', b'T', b'L', b'S'] {
                 let (start, end) = schema::pfs_space_range(space, *id);
                 for (k, _) in ov.range(&start, &end, usize::MAX)? {
                     ov.remove(k);
@@ -177,7 +184,56 @@ fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
             }
         }
         PfsEvent::Prune { id, ranges } => crate::prune::apply_prune(ov, *id, ranges)?,
+        PfsEvent::Rollback { id, to, chain } => rollback(ov, *id, *to, *chain)?,
     }
+    Ok(())
+}
+
+/// Discards every commit of PFS `id` after `to`: versions they created go, versions they ended
+/// live again, and their TIDs, links and snapshots go. O(versions of the PFS); the log keeps the
+/// discarded commits, and replay reaches the same state because it applies this record after
+/// them.
+fn rollback(ov: &mut Overlay<'_>, id: u32, to: Tid, chain: crate::record::Hash) -> Result<()> {
+    let Some(mut p) = schema::pfs_by_id(ov, id)? else {
+        return Ok(());
+    };
+    let (start, end) = schema::pfs_space_range(b'V', id);
+    for (k, v) in ov.range(&start, &end, usize::MAX)? {
+        let created = Tid(u64::from_be_bytes(
+            k.get(k.len().saturating_sub(8)..)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(DecodeError("version key"))?,
+        ));
+        if created > to {
+            ov.remove(k);
+            continue;
+        }
+        let mut val = VersionVal::decode(&v)?;
+        if val.deleted != Tid::MAX && val.deleted > to {
+            val.deleted = Tid::MAX;
+            ov.put(k, val.encode());
+        }
+    }
+    for space in [b'T', b'L'] {
+        let (_, end) = schema::pfs_space_range(space, id);
+        let mut start = vec![space];
+        start.extend_from_slice(&id.to_be_bytes());
+        start.extend_from_slice(&to.next().get().to_be_bytes());
+        for (k, _) in ov.range(&start, &end, usize::MAX)? {
+            ov.remove(k);
+        }
+    }
+    for (name, tid) in schema::snapshots(ov, id)? {
+        if tid > to {
+            ov.remove(schema::snapshot_key(id, &name));
+        }
+    }
+    p.head = to;
+    p.head_chain = chain;
+    p.partial = None;
+    // Pruned ranges of discarded commits go with them (exec refuses a `to` inside a range).
+    p.pruned.retain(|(from, _)| *from <= to);
+    ov.put(schema::pfs_key(id), p.encode());
     Ok(())
 }
 

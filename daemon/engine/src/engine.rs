@@ -612,6 +612,9 @@ fn recover(
     let mut covered = None;
     let mut problem = None;
     match index.get(schema::VOLUME)? {
+        Some(v) if v == volume && index.get(schema::LAYOUT)? != Some(layout()) => {
+            problem = Some("the index has the layout of another repld version".to_owned());
+        }
         Some(v) if v == volume => match index.get(schema::COVERED)?.map(|v| schema::decode_pos(&v))
         {
             Some(Ok(pos)) => covered = Some(pos),
@@ -655,6 +658,10 @@ fn recover(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     })
+}
+
+fn layout() -> Vec<u8> {
+    schema::LAYOUT_VERSION.to_le_bytes().to_vec()
 }
 
 fn replay(
@@ -716,6 +723,7 @@ fn replay_from(
         schema::VOLUME.to_vec(),
         Some(dev.superblock().volume_uuid.to_vec()),
     );
+    writes.insert(schema::LAYOUT.to_vec(), Some(layout()));
     index.apply(&writes)?;
     if records > 0 {
         tracing::info!(records, "replayed the log into the index");

@@ -374,8 +374,14 @@ pub(crate) fn replicated(
         detail,
     };
     if change.tid <= pfs.head {
-        return match kv.get(&schema::tid_key(pfs.id, change.tid))? {
-            Some(_) => Ok(None),
+        return match kv.get(&schema::link_key(pfs.id, change.tid))? {
+            // Already applied, if it is the same commit: a slave never holds two histories.
+            Some(link) if link == change.chain => Ok(None),
+            Some(_) => Err(diverged(format!(
+                "the slave holds another commit at that TID (its history diverged from this \
+                 master's at or before {})",
+                change.tid
+            ))),
             None if change.tid <= pfs.history_floor
                 || pfs.head == change.tid
                 || pfs.pruned_at(change.tid).is_some() =>
@@ -470,6 +476,10 @@ pub(crate) enum PfsCommand {
         name: String,
         policy: repl_types::Retention,
     },
+    Rollback {
+        name: String,
+        to: Tid,
+    },
 }
 
 impl PfsCommand {
@@ -557,6 +567,28 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
                 name: snapshot.clone(),
             }
         }
+        PfsCommand::Rollback { name, to } => {
+            let p = existing(name)?;
+            if *to > p.head {
+                return Err(Error::Invalid(format!(
+                    "cannot roll PFS `{name}` back to {to}: its head is {} (nothing to discard)",
+                    p.head
+                )));
+            }
+            if p.nohistory || *to < p.history_floor || p.pruned_at(*to).is_some() {
+                return Err(Error::Invalid(format!(
+                    "cannot roll PFS `{name}` back to {to}: the versions it had then are pruned \
+                     (oldest kept TID {}{}); pair into a new slave PFS instead",
+                    p.history_floor,
+                    if p.nohistory { ", nohistory" } else { "" }
+                )));
+            }
+            PfsEvent::Rollback {
+                id: p.id,
+                to: *to,
+                chain: schema::link_at(kv, p.id, *to)?.1,
+            }
+        }
     };
     let id = match &ev {
         PfsEvent::Create { id, .. }
@@ -565,7 +597,8 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
         | PfsEvent::Snapshot { id, .. }
         | PfsEvent::SnapshotDelete { id, .. }
         | PfsEvent::Retention { id, .. }
-        | PfsEvent::Prune { id, .. } => *id,
+        | PfsEvent::Prune { id, .. }
+        | PfsEvent::Rollback { id, .. } => *id,
     };
     Ok((Record::Pfs(ev), id))
 }

@@ -18,6 +18,7 @@
 //! - [`Engine`] (`engine`) and its reads (`read`): the public API.
 //! - `export`: deterministic tar export of a PFS at a TID.
 //! - [`prune`]: which commits and versions a retention policy drops, and the prune record.
+//! - `lineage`: the history chain at a TID, upgrade, downgrade and rollback (failover).
 //! - `digest`: the canonical Merkle digest of a PFS at a TID, which `verify` compares.
 //! - [`fsck`]: offline checks of a device.
 //!
@@ -36,6 +37,7 @@ mod export;
 pub mod fsck;
 mod index;
 pub mod latency;
+mod lineage;
 mod log;
 pub mod prune;
 mod read;
@@ -54,6 +56,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;
 pub use latency::{HistogramSnapshot, LatencyHistogram};
 pub use prune::{PruneOptions, PruneReport, TidRange};
+pub use lineage::{Link, RolledBack, Upgraded};
 pub use read::{At, Entry, FileReader, PfsStats};
 pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
 pub use repl_types::{EntryPath, PfsName, Retention, Tid};

@@ -312,6 +312,13 @@ pub(crate) enum PfsEvent {
         id: u32,
         ranges: Vec<crate::prune::TidRange>,
     },
+    /// Discards every commit after `to`, whose chain link is `chain` (`replctl pair
+    /// --rollback` on a diverged target).
+    Rollback {
+        id: u32,
+        to: Tid,
+        chain: Hash,
+    },
 }
 
 /// A record as the engine uses it.
@@ -464,6 +471,9 @@ impl Record {
                             e.u64(a.get()).u64(b.get());
                         }
                     }
+                    PfsEvent::Rollback { id, to, chain } => {
+                        e.u8(8).u32(*id).u64(to.get()).raw(chain);
+                    }
                 }
                 KIND_PFS
             }
@@ -543,6 +553,11 @@ impl Record {
                     }
                     PfsEvent::Prune { id, ranges }
                 }
+                8 => PfsEvent::Rollback {
+                    id: d.u32()?,
+                    to: Tid(d.u64()?),
+                    chain: d.hash()?,
+                },
                 _ => return Err(DecodeError("unknown PFS event")),
             }),
             KIND_CHECKPOINT => {
@@ -660,6 +675,11 @@ mod tests {
             Record::Pfs(PfsEvent::Prune {
                 id: 1,
                 ranges: vec![(Tid(3), Tid(7)), (Tid(9), Tid(12))],
+            }),
+            Record::Pfs(PfsEvent::Rollback {
+                id: 1,
+                to: Tid(8),
+                chain: [7; 32],
             }),
             Record::Checkpoint {
                 pfs: 1,

@@ -9,6 +9,7 @@
 //! | `N`   | pfs name                                         | pfs id                 |
 //! | `V`   | pfs id, parent path, 0, name, 0, create TID (BE) | [`VersionVal`]         |
 //! | `T`   | pfs id, TID (BE)                                 | LSN of the commit      |
+//! | `L`   | pfs id, TID (BE)                                 | history chain link     |
 //! | `C`   | BLAKE3 hash                                      | [`ChunkLoc`]           |
 //! | `S`   | pfs id, snapshot name                            | TID                    |
 //!
@@ -30,6 +31,11 @@ pub(crate) const COVERED: &[u8] = b"Mcovered";
 pub(crate) const VOLUME: &[u8] = b"Mvolume";
 /// The next PFS id to hand out.
 pub(crate) const NEXT_PFS: &[u8] = b"Mnext_pfs";
+/// The layout of the index's keyspaces. An index written by a build with another layout (or
+/// none: before the `L` keyspace) is rebuilt from the device at open.
+pub(crate) const LAYOUT: &[u8] = b"Mlayout";
+/// The current [`LAYOUT`].
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 
 pub(crate) fn encode_pos(p: LogPos) -> Vec<u8> {
     let mut e = Enc::new();
@@ -120,6 +126,62 @@ pub(crate) fn tid_key(pfs: u32, tid: Tid) -> Vec<u8> {
     let mut k = space_pfs(b'T', pfs);
     k.extend_from_slice(&tid.get().to_be_bytes());
     k
+}
+
+pub(crate) fn link_key(pfs: u32, tid: Tid) -> Vec<u8> {
+    let mut k = space_pfs(b'L', pfs);
+    k.extend_from_slice(&tid.get().to_be_bytes());
+    k
+}
+
+fn tid_of_key(k: &[u8]) -> Result<Tid, DecodeError> {
+    Ok(Tid(u64::from_be_bytes(
+        k.get(5..13)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(DecodeError("tid key"))?,
+    )))
+}
+
+fn decode_link(v: &[u8]) -> Result<Hash, DecodeError> {
+    v.try_into().map_err(|_| DecodeError("chain link"))
+}
+
+/// The newest commit of `pfs` at or before `at` and its chain link: the hash of the PFS's whole
+/// history up to `at`. `(Tid::ZERO, [0; 32])` when no commit is that old (the empty history).
+pub(crate) fn link_at(kv: &dyn KvRead, pfs: u32, at: Tid) -> Result<(Tid, Hash)> {
+    let (start, _) = pfs_space_range(b'L', pfs);
+    let mut end = link_key(pfs, at);
+    end.push(0);
+    match kv.last(&start, &end)? {
+        Some((k, v)) => Ok((tid_of_key(&k)?, decode_link(&v)?)),
+        None => Ok((Tid::ZERO, [0; 32])),
+    }
+}
+
+/// Commits of `pfs` with TIDs in `(after, before)` and their links, newest first, at most
+/// `limit`.
+pub(crate) fn links_between(
+    kv: &dyn KvRead,
+    pfs: u32,
+    after: Tid,
+    before: Tid,
+    limit: usize,
+) -> Result<Vec<(Tid, Hash)>> {
+    let (start, _) = pfs_space_range(b'L', pfs);
+    let mut end = link_key(pfs, before);
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some((k, v)) = kv.last(&start, &end)? else {
+            break;
+        };
+        let tid = tid_of_key(&k)?;
+        if tid <= after {
+            break;
+        }
+        out.push((tid, decode_link(&v)?));
+        end = k;
+    }
+    Ok(out)
 }
 
 pub(crate) fn chunk_key(hash: &Hash) -> Vec<u8> {
