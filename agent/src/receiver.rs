@@ -114,6 +114,11 @@ pub trait Session: Send + 'static {
     /// The slave's durable checkpoint.
     fn checkpoint(&self) -> Position;
 
+    /// The slave's history chain link at its synced TID, which the sender compares with its own
+    /// link there before it sends anything (a slave whose history is not a prefix of the
+    /// master's is refused).
+    fn synced_link(&self) -> [u8; 32];
+
     /// Decodes and durably applies `batch`, which starts at the checkpoint the receiver last saw.
     /// Must itself refuse a batch that does not start at the durable checkpoint (another stream
     /// may have moved it), and must write nothing unless the whole batch is valid. Returns the
@@ -219,6 +224,7 @@ where
             protocol_version: PROTOCOL_VERSION,
             checkpoint: Some(checkpoint.into()),
             max_batch_bytes: limits.max_batch_bytes,
+            synced_link: Bytes::copy_from_slice(&session.synced_link()),
         })),
     };
     if out.send(Ok(welcome)).await.is_err() {

@@ -100,7 +100,14 @@ pub trait Source: Send + Sync + 'static {
 
     /// The first TID after `after`, if any (for the lag).
     fn next_tid(&self, after: Tid) -> impl Future<Output = Result<Option<Tid>, String>> + Send;
+
+    /// The master's history chain link at `tid`: that of its newest commit at or before `tid`
+    /// (zeros for the empty history).
+    fn link_at(&self, tid: Tid) -> impl Future<Output = Result<[u8; 32], String>> + Send;
 }
+
+/// How the error of a stream refused for divergence starts (the pairing shows `diverged`).
+pub const DIVERGED: &str = "diverged:";
 
 /// What the slave sends back.
 pub type Inbound = Pin<Box<dyn Stream<Item = Result<pb::ReceiverMessage, Status>> + Send>>;
@@ -123,6 +130,11 @@ pub enum StreamState {
     Streaming,
     /// Waiting before the next attempt.
     Backoff,
+    /// The slave's history is not a prefix of the master's: nothing is sent until the operator
+    /// pairs again (with `--rollback`) or unpairs. Retried with back-off meanwhile.
+    Diverged,
+    /// The master PFS was downgraded to a slave: the pairing sends nothing.
+    Downgraded,
     /// The pairing was removed or the node is stopping.
     Stopped,
 }
@@ -134,6 +146,8 @@ impl StreamState {
             StreamState::Connecting => "connecting",
             StreamState::Streaming => "streaming",
             StreamState::Backoff => "backoff",
+            StreamState::Diverged => "diverged",
+            StreamState::Downgraded => "downgraded",
             StreamState::Stopped => "stopped",
         }
     }
@@ -171,6 +185,12 @@ pub struct Progress {
     pub rate: f64,
     /// The last time a batch was acknowledged or a stream was welcomed.
     pub last_progress: Option<Instant>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
 }
 
 impl Progress {
@@ -214,6 +234,13 @@ impl Default for PairingStatus {
 }
 
 impl PairingStatus {
+    /// A status that shows `progress` and no sender updates: a pairing that does not run.
+    pub fn fixed(progress: Progress) -> PairingStatus {
+        PairingStatus {
+            progress: Mutex::new(progress),
+        }
+    }
+
     /// A copy of the progress.
     pub fn snapshot(&self) -> Progress {
         self.lock().clone()
@@ -261,8 +288,13 @@ pub async fn run<S: Source, C: Connect>(
         }
         let delay = backoff.next_delay();
         tracing::warn!(master = %cfg.master_pfs, slave = %cfg.slave_pfs, error = %err, retry_in = ?delay, "replication stream ended");
+        let diverged = err.starts_with(DIVERGED);
         status.update(|p| {
-            p.state = StreamState::Backoff;
+            p.state = if diverged {
+                StreamState::Diverged
+            } else {
+                StreamState::Backoff
+            };
             p.reconnects += 1;
             p.last_error = Some(err);
             p.rate = 0.0;
@@ -356,6 +388,7 @@ async fn stream<S: Source, C: Connect>(
     .map_err(|_| format!("no Welcome from the slave within {:?}", cfg.connect_timeout))??;
     let mut acked = Position::try_from(welcome.checkpoint.as_ref())
         .map_err(|e| format!("the slave's checkpoint: {e}"))?;
+    check_lineage(source, acked.synced, &welcome.synced_link).await?;
     let max_bytes = match welcome.max_batch_bytes {
         0 => cfg.max_batch_bytes,
         theirs => cfg.max_batch_bytes.min(theirs),
@@ -492,6 +525,28 @@ async fn stream<S: Source, C: Connect>(
             }
         }
     }
+}
+
+/// Goes on only if the slave's history (up to its synced TID) is a prefix of the master's: its
+/// link there equals the master's. Nothing is ever sent on top of another history.
+async fn check_lineage<S: Source>(source: &Arc<S>, synced: Tid, link: &[u8]) -> Result<(), String> {
+    let theirs = <[u8; 32]>::try_from(link).map_err(|_| {
+        "the slave sent no history link in its Welcome: run the same repld version on both nodes"
+            .to_owned()
+    })?;
+    let ours = source
+        .link_at(synced)
+        .await
+        .map_err(|e| format!("reading the master's history link at {synced}: {e}"))?;
+    if ours != theirs {
+        return Err(format!(
+            "{DIVERGED} the slave's history up to its synced TID {synced} is not this master's \
+             (it holds commits the master does not); nothing is sent. Pair again with \
+             `replctl pair MASTER SLAVE`, which names the diverging TIDs, and add --rollback to \
+             discard the slave's own commits"
+        ));
+    }
+    Ok(())
 }
 
 /// The oldest TID the slave lacks: the first batch in flight's, else the first change after the

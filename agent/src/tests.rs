@@ -100,6 +100,20 @@ impl Source for Master {
         let changes = self.changes.lock().unwrap();
         Ok(changes.iter().map(|c| c.0).find(|&t| t > after))
     }
+
+    async fn link_at(&self, tid: Tid) -> Result<[u8; 32], String> {
+        let changes = self.changes.lock().unwrap();
+        let last = changes.iter().map(|c| c.0).rfind(|&t| t <= tid);
+        Ok(link_of(last.unwrap_or(Tid::ZERO)))
+    }
+}
+
+/// The test histories' chain link after the commit at `tid`: the TID itself, as every history
+/// here is a prefix of the master's unless a slave says otherwise.
+fn link_of(tid: Tid) -> [u8; 32] {
+    let mut l = [0; 32];
+    l[..8].copy_from_slice(&tid.get().to_be_bytes());
+    l
 }
 
 fn payload(to: Position, first: Option<Tid>, buf: BytesMut, records: u32) -> Payload {
@@ -140,6 +154,8 @@ struct SlaveState {
     heartbeats: Vec<(Tid, Option<Tid>)>,
     /// Open refuses with this, while set.
     refuse: Option<Status>,
+    /// The slave's history diverged from the master's: its link is not the master's.
+    diverged: bool,
 }
 
 #[derive(Clone, Default)]
@@ -169,6 +185,15 @@ impl Sink for Slave {
 impl Session for Slave {
     fn checkpoint(&self) -> Position {
         self.state().checkpoint
+    }
+
+    fn synced_link(&self) -> [u8; 32] {
+        let s = self.state();
+        let mut l = link_of(s.checkpoint.synced);
+        if s.diverged {
+            l[31] ^= 1;
+        }
+        l
     }
 
     async fn apply(&mut self, batch: CheckedBatch) -> Result<Position, Status> {
@@ -660,5 +685,42 @@ async fn while_the_slave_is_unreachable_the_head_and_the_lag_follow_the_master()
         Some(Tid(4)),
         "nothing pending although the slave lacks TID 4: {p:?}"
     );
+    run.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slave_whose_history_is_not_a_prefix_of_the_masters_gets_nothing() {
+    let master = Master::new(&history(8));
+    let slave = Slave::default();
+    {
+        let mut s = slave.state();
+        s.checkpoint = Position::at(Tid(3));
+        s.diverged = true;
+    }
+    let link = Link::new(&slave, &[]);
+    let run = start(&master, &link, config());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = run.status.snapshot();
+    assert_eq!(p.state.as_str(), "diverged");
+    assert!(
+        p.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(sender::DIVERGED) && e.contains("--rollback")),
+        "{:?}",
+        p.last_error
+    );
+    assert!(slave.state().applied.is_empty(), "nothing was sent");
+    assert_eq!(p.batches_sent, 0);
+
+    // Once the slave's history is the master's prefix (rolled back), streaming resumes from
+    // its checkpoint: only what follows it is sent.
+    slave.state().diverged = false;
+    wait_synced(&master, &slave).await;
+    let after: Vec<_> = master
+        .records()
+        .into_iter()
+        .filter(|r| r.0 > Tid(3))
+        .collect();
+    assert_eq!(slave.state().applied, after);
     run.finish().await;
 }

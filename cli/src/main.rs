@@ -9,7 +9,8 @@
 //! - [`output`]: tables, `--json` shapes, TID/time/size formatting.
 //! - [`progress`]: progress bars on a terminal, plain periodic lines otherwise.
 //! - [`node`]: `node info`.
-//! - [`pfs`]: `pfs create|list|status|destroy`.
+//! - [`pfs`]: `pfs create|list|status|destroy|upgrade|downgrade`.
+//! - [`failover`]: `pfs upgrade|downgrade` and the history check of `pair` (`--rollback`).
 //! - [`files`]: `put`, `get`, `cat`, `ls`, `stat`, `rm`, `mv`, `mkdir`, `history`.
 //! - [`snapshot`]: `snapshot create|list|delete`.
 //! - [`import`]: `import DIR TARGET`.
@@ -29,6 +30,7 @@ use repl_proto::ClientError;
 mod certs;
 mod endpoint;
 mod export;
+mod failover;
 mod files;
 mod import;
 mod node;
@@ -76,7 +78,7 @@ enum Command {
     /// Node information: name, version, devices.
     #[command(subcommand)]
     Node(node::NodeCommand),
-    /// PFS lifecycle: create, list, status, destroy.
+    /// PFS lifecycle: create, list, status, destroy, upgrade, downgrade.
     #[command(subcommand)]
     Pfs(pfs::PfsCommand),
     /// Upload a local file (or - for stdin) to [NODE:]PFS/PATH.

@@ -1,4 +1,4 @@
-//! `replctl pfs create|list|status|destroy`. (Later: `upgrade`, `downgrade`.)
+//! `replctl pfs create|list|status|destroy|upgrade|downgrade`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -61,6 +61,27 @@ pub enum PfsCommand {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Turn a slave into a master at its synced TID (failover). A partly received TID is dropped
+    /// and reported. Refused while its master still streams to it, unless --force.
+    ///
+    /// Example: replctl pfs upgrade node2:data
+    Upgrade {
+        /// [NODE:]PFS
+        #[arg(value_parser = Target::parse)]
+        target: Target,
+        /// Upgrade even though a master streamed to it within the last 10 s (only when that
+        /// master is really gone: two masters make two histories).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Turn a master into a read-only slave (before fail-back); the pairings it feeds halt.
+    ///
+    /// Example: replctl pfs downgrade node1:data
+    Downgrade {
+        /// [NODE:]PFS
+        #[arg(value_parser = Target::parse)]
+        target: Target,
+    },
 }
 
 /// `pfs list` as JSON.
@@ -72,6 +93,12 @@ struct PfsListJson {
 /// Runs a `pfs` command.
 pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
     match cmd {
+        PfsCommand::Upgrade { target, force } => {
+            crate::failover::upgrade(ctx, &target.whole_pfs("pfs upgrade")?, force).await
+        }
+        PfsCommand::Downgrade { target } => {
+            crate::failover::downgrade(ctx, &target.whole_pfs("pfs downgrade")?).await
+        }
         PfsCommand::Create {
             target,
             slave,

@@ -39,6 +39,11 @@ pub struct PairArgs {
     /// config].
     #[arg(long, value_name = "URL")]
     pub slave_endpoint: Option<String>,
+    /// If the slave's history diverged from the master's (fail-back after the old master
+    /// committed what never reached the new one), discard the slave's diverging commits and
+    /// continue from the last common TID. Without it such a pairing is refused.
+    #[arg(long)]
+    pub rollback: bool,
 }
 
 /// `replctl pair set`.
@@ -201,6 +206,13 @@ pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
         .await
         .context("look up the master PFS")?
         .shared_uuid;
+    crate::failover::check_before_pairing(
+        ctx,
+        (&mut m, &master, &master_node),
+        (&mut s, &slave),
+        a.rollback,
+    )
+    .await?;
     let accepted = s
         .pair_accept(pb::PairAcceptRequest {
             slave_pfs: slave.pfs.to_string(),

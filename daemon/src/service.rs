@@ -3,6 +3,7 @@
 //! - [`storage`]: the Storage service (put, get, list, import, export, ...).
 //! - [`admin`]: the Admin service (node info, PFS lifecycle, snapshots, fsck).
 //! - `pairing`: the Admin calls of replication (pair, unpair, status, digests).
+//! - `failover`: the Admin calls of failover (upgrade, downgrade, history links, rollback).
 //! - `import`: the Import worker, which turns a stream of operations into bounded transactions.
 //!
 //! Engine calls block on disk I/O, so handlers run them with [`blocking`]; streams are fed from
@@ -10,6 +11,7 @@
 //! errors become gRPC statuses in one place, [`status`].
 
 pub mod admin;
+mod failover;
 mod import;
 mod pairing;
 pub mod storage;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use repl_agent::{Connect, Inbound, Limiter, PairingStatus, Progress, SenderConfig, Throttle};
 use repl_proto::{Endpoint, TlsFiles, pb};
-use repld_engine::{Engine, PfsName, Tid};
+use repld_engine::{Engine, PfsInfo, PfsName, Tid};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -34,6 +34,10 @@ pub use store::{Pairing, Settings, Store, Upstream};
 
 /// Largest batch payload a sender makes and a receiver accepts.
 pub const MAX_BATCH_BYTES: u64 = 4 << 20;
+
+/// A slave PFS that had a heartbeat this recently is still receiving from its master (senders
+/// send one a second and reconnect within 5 s).
+pub const RECEIVING: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running pairing.
 struct Running {
@@ -143,8 +147,22 @@ impl Replication {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts the sender of `p`.
+    /// Starts the sender of `p` (a halted pairing only shows in status).
     async fn spawn(&self, p: Pairing) -> Result<(), Status> {
+        if let Some(why) = &p.halted {
+            let progress = repl_agent::Progress {
+                state: repl_agent::StreamState::Downgraded,
+                last_error: Some(why.clone()),
+                ..repl_agent::Progress::default()
+            };
+            self.lock_running().push(Running {
+                limiter: Arc::new(Limiter::new(p.bandwidth)),
+                pairing: p,
+                status: Arc::new(PairingStatus::fixed(progress)),
+                stop: watch::channel(true).0,
+            });
+            return Ok(());
+        }
         let pfs = PfsName::new(p.master_pfs.clone())
             .map_err(|e| Status::invalid_argument(format!("master PFS: {e}")))?;
         let info = self.engine.pfs(&pfs).map_err(crate::service::status)?;
@@ -310,6 +328,155 @@ impl Replication {
             }
         }
         Ok(())
+    }
+
+    /// `pfs downgrade`: turns a master PFS into a read-only slave and halts the pairings it
+    /// feeds (stored, so they stay halted across restarts; status shows them `downgraded`).
+    /// Returns the PFS and the halted pairings' slaves as NODE:PFS.
+    pub async fn downgrade(&self, pfs: &PfsName) -> Result<(PfsInfo, Vec<String>), Status> {
+        let info = {
+            let engine = self.engine.clone();
+            let pfs = pfs.clone();
+            crate::service::blocking(move || engine.downgrade(&pfs)).await?
+        };
+        let why = format!(
+            "halted: master PFS {pfs} was downgraded to a slave at {}; upgrade it to stream again, \
+             or unpair",
+            info.head
+        );
+        let halted = self.set_halted(pfs, Some(why.clone()))?;
+        let mut running = self.lock_running();
+        for r in running
+            .iter_mut()
+            .filter(|r| r.pairing.master_pfs == pfs.as_str())
+        {
+            r.stop.send_replace(true);
+            r.pairing.halted = Some(why.clone());
+            let mut progress = r.status.snapshot();
+            progress.state = repl_agent::StreamState::Downgraded;
+            progress.last_error = Some(why.clone());
+            progress.rate = 0.0;
+            r.status = Arc::new(PairingStatus::fixed(progress));
+        }
+        tracing::warn!(pfs = %pfs, halted = halted.len(), "downgraded a master PFS to a slave");
+        Ok((info, halted))
+    }
+
+    /// Marks the stored pairings fed by `pfs` halted with `why`, or (`None`) resumes the halted
+    /// ones; returns the slaves of those it changed.
+    fn set_halted(&self, pfs: &PfsName, why: Option<String>) -> Result<Vec<String>, Status> {
+        let mut store = self.lock_store();
+        let mut next = store.settings.clone();
+        let mut hit = Vec::new();
+        for p in next
+            .pairings
+            .iter_mut()
+            .filter(|p| p.master_pfs == pfs.as_str() && p.halted.is_some() != why.is_some())
+        {
+            p.halted.clone_from(&why);
+            hit.push(format!("{}:{}", p.slave_node, p.slave_pfs));
+        }
+        if !hit.is_empty() {
+            store
+                .save(next)
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+        }
+        Ok(hit)
+    }
+
+    /// `pfs upgrade`: turns a slave PFS into a master at its synced TID, dropping a partly
+    /// received TID. Refused while a master still streams to it (a stream is open or a heartbeat
+    /// came within [`RECEIVING`]) unless `force`. The masters it accepted are no longer
+    /// accepted, and pairings it fed before a downgrade stream again. Returns what the engine
+    /// did and the masters revoked.
+    pub async fn upgrade(
+        &self,
+        pfs: &PfsName,
+        force: bool,
+    ) -> Result<(repld_engine::Upgraded, Vec<String>), Status> {
+        let feeding: Vec<String> = self
+            .sink
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|u| u.slave_pfs == pfs.as_str())
+            .map(|u| format!("{}:{}", u.master_node, u.master_pfs))
+            .collect();
+        let view = self
+            .sink
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(pfs.as_str())
+            .cloned()
+            .unwrap_or_default();
+        if view.receiving(RECEIVING) && !force {
+            return Err(Status::failed_precondition(format!(
+                "PFS {pfs} is still receiving from its master {} ({}): upgrading it now would \
+                 make two masters. Stop the master (or `replctl pfs downgrade` it) and wait {}s, \
+                 or pass --force if the master is really gone",
+                if feeding.is_empty() {
+                    "(unknown)".to_owned()
+                } else {
+                    feeding.join(", ")
+                },
+                if view.streams > 0 {
+                    format!("{} stream(s) open", view.streams)
+                } else {
+                    format!(
+                        "last heartbeat {:.1}s ago",
+                        view.heartbeat_at.map_or(0.0, |t| t.elapsed().as_secs_f64())
+                    )
+                },
+                RECEIVING.as_secs()
+            )));
+        }
+        let lock = self.sink.lock_for(pfs.as_str());
+        let _no_apply = lock.lock().await;
+        let up = {
+            let engine = self.engine.clone();
+            let pfs = pfs.clone();
+            crate::service::blocking(move || engine.upgrade(&pfs)).await?
+        };
+        {
+            let mut store = self.lock_store();
+            let mut next = store.settings.clone();
+            next.upstreams.retain(|u| u.slave_pfs != pfs.as_str());
+            if next.upstreams.len() != store.settings.upstreams.len() {
+                self.save_upstreams(&mut store, next)?;
+            }
+        }
+        self.sink
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(pfs.as_str());
+        // Pairings halted by a downgrade of this PFS stream again.
+        let resumed = self.set_halted(pfs, None)?;
+        if !resumed.is_empty() {
+            let halted: Vec<Pairing> = {
+                let mut running = self.lock_running();
+                let (mine, rest): (Vec<Running>, Vec<Running>) = running.drain(..).partition(|r| {
+                    r.pairing.master_pfs == pfs.as_str() && r.pairing.halted.is_some()
+                });
+                *running = rest;
+                mine.into_iter()
+                    .map(|r| {
+                        r.stop.send_replace(true);
+                        Pairing {
+                            halted: None,
+                            ..r.pairing
+                        }
+                    })
+                    .collect()
+            };
+            for p in halted {
+                self.spawn(p).await?;
+            }
+        }
+        tracing::warn!(pfs = %pfs, dropped = ?up.dropped, revoked = ?feeding, "upgraded a slave PFS to a master");
+        Ok((up, feeding))
     }
 
     /// Accepts `master_node` as the source of `slave_pfs` (stored).

@@ -31,6 +31,16 @@ pub struct SlaveView {
     pub rejected: HashMap<&'static str, u64>,
     /// Time to apply a batch durably.
     pub apply_latency: Arc<repld_engine::LatencyHistogram>,
+    /// Streams open into the PFS now.
+    pub streams: usize,
+}
+
+impl SlaveView {
+    /// Whether a master is feeding the PFS: a stream is open, or a heartbeat came within
+    /// `recent` (a stream that is reconnecting). `pfs upgrade` refuses then, unless forced.
+    pub fn receiving(&self, recent: std::time::Duration) -> bool {
+        self.streams > 0 || self.heartbeat_at.is_some_and(|t| t.elapsed() < recent)
+    }
 }
 
 /// The engine as the receiver of every stream on this node.
@@ -47,7 +57,9 @@ pub struct EngineSink {
 }
 
 impl EngineSink {
-    fn lock_for(&self, pfs: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock that one apply into `pfs` holds at a time (an upgrade takes it too, so that it
+    /// never lands in the middle of an apply).
+    pub fn lock_for(&self, pfs: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .locks
             .lock()
@@ -70,14 +82,32 @@ impl Sink for EngineSink {
     async fn open(&self, peer: &str, hello: &Hello) -> Result<EngineSession, Status> {
         let name = PfsName::new(hello.slave_pfs.clone())
             .map_err(|e| Status::invalid_argument(format!("slave PFS: {e}")))?;
-        let allowed = self
+        let bound = self
             .upstreams
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .any(|u| {
-                u.slave_pfs == hello.slave_pfs && (u.master_node == peer || peer == LOCAL_PEER)
-            });
+            .find(|u| u.slave_pfs == hello.slave_pfs)
+            .cloned();
+        let allowed = bound.as_ref().is_some_and(|u| {
+            u.master_pfs == hello.master_pfs && (u.master_node == peer || peer == LOCAL_PEER)
+        });
+        if let Some(u) = bound.filter(|_| !allowed) {
+            // Split brain: another master (perhaps with the same shared UUID, after a failover)
+            // pushes to a slave bound to one master. A slave follows one history only.
+            return Err(Status::permission_denied(format!(
+                "node {peer:?} may not push {} to PFS {:?} on this node: it replicates from {}:{}, \
+                 and a slave follows one master's history and never takes a second master's \
+                 changes. If {peer} is the master now, unpair {}:{} first and pair {peer}:{} with it",
+                hello.master_pfs,
+                hello.slave_pfs,
+                u.master_node,
+                u.master_pfs,
+                u.master_node,
+                u.master_pfs,
+                hello.master_pfs
+            )));
+        }
         if !allowed {
             return Err(Status::permission_denied(format!(
                 "node {peer:?} may not push to PFS {:?} on this node: pair them with `replctl pair {peer}:{} NODE:{}`",
@@ -116,11 +146,14 @@ impl EngineSink {
                 uuid::Uuid::from_bytes(shared_uuid)
             )));
         }
-        Ok(EngineSession {
+        let session = EngineSession {
             sink: self.clone(),
             pfs: name,
             checkpoint: checkpoint(&info),
-        })
+            synced_link: info.head_chain,
+        };
+        session.view(|v| v.streams += 1);
+        Ok(session)
     }
 }
 
@@ -129,6 +162,13 @@ pub struct EngineSession {
     sink: EngineSink,
     pfs: PfsName,
     checkpoint: Position,
+    synced_link: [u8; 32],
+}
+
+impl Drop for EngineSession {
+    fn drop(&mut self) {
+        self.view(|v| v.streams = v.streams.saturating_sub(1));
+    }
 }
 
 impl EngineSession {
@@ -145,6 +185,10 @@ impl EngineSession {
 impl Session for EngineSession {
     fn checkpoint(&self) -> Position {
         self.checkpoint
+    }
+
+    fn synced_link(&self) -> [u8; 32] {
+        self.synced_link
     }
 
     async fn apply(&mut self, batch: CheckedBatch) -> Result<Position, Status> {

@@ -45,6 +45,16 @@ impl Source for EngineSource {
             .map(|c| c.first().map(|c| c.tid))
             .map_err(|e| e.to_string())
     }
+
+    async fn link_at(&self, tid: Tid) -> Result<[u8; 32], String> {
+        let engine = self.engine.clone();
+        let pfs = self.pfs.clone();
+        tokio::task::spawn_blocking(move || engine.link_at(&pfs, tid))
+            .await
+            .map_err(|e| format!("the link lookup failed: {e}"))?
+            .map(|(_, link)| link)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Reads the batch after `from`: whole changes up to TID `until`, each after its chunks, until

@@ -19,6 +19,10 @@ pub struct Pairing {
     pub slave_pfs: String,
     /// Bytes per second on the wire; `None` = unlimited.
     pub bandwidth: Option<u64>,
+    /// Why the pairing sends nothing: its master PFS was downgraded (`pfs downgrade`). An
+    /// upgrade of the PFS clears it and the pairing streams again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 impl Pairing {
@@ -115,6 +119,7 @@ mod tests {
             slave_endpoint: "https://10.0.0.2:7420".into(),
             slave_pfs: "data".into(),
             bandwidth: Some(4 << 20),
+            halted: None,
         });
         store.save(s.clone()).expect("save");
         assert_eq!(Store::load(dir.path()).expect("reload").settings, s);

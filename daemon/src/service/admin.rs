@@ -10,7 +10,7 @@ use repl_proto::{
 use repld_engine::{Engine, PfsInfo, PfsName, PfsOptions};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, pairing};
+use super::{blocking, failover, pairing};
 use crate::replication::Replication;
 
 /// The Admin service over one engine.
@@ -319,5 +319,41 @@ impl pb::admin_server::Admin for AdminService {
             batches_applied: done.applied,
             batches_skipped: done.skipped,
         }))
+    }
+
+    async fn pfs_upgrade(
+        &self,
+        req: Request<pb::PfsUpgradeRequest>,
+    ) -> Result<Response<pb::PfsUpgradeResponse>, Status> {
+        failover::upgrade(&self.replication, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pfs_downgrade(
+        &self,
+        req: Request<pb::PfsDowngradeRequest>,
+    ) -> Result<Response<pb::PfsDowngradeResponse>, Status> {
+        failover::downgrade(&self.replication, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pfs_links(
+        &self,
+        req: Request<pb::PfsLinksRequest>,
+    ) -> Result<Response<pb::PfsLinksResponse>, Status> {
+        failover::links(&self.engine, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pfs_rollback(
+        &self,
+        req: Request<pb::PfsRollbackRequest>,
+    ) -> Result<Response<pb::PfsRollbackResponse>, Status> {
+        failover::rollback(&self.engine, &self.replication, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

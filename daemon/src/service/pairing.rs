@@ -52,7 +52,7 @@ pub async fn accept(
     if info.role != Role::Slave {
         return Err(Status::failed_precondition(format!(
             "PFS {name} on this node is a master: pair into a slave PFS (a new name creates one), \
-             or turn it into a slave first"
+             or turn it into a slave first with `replctl pfs downgrade`"
         )));
     }
     if info.shared_uuid != shared_uuid {
@@ -98,6 +98,7 @@ pub async fn create(
             slave_endpoint: r.slave_endpoint,
             slave_pfs: r.slave_pfs,
             bandwidth: (r.bandwidth > 0).then_some(r.bandwidth),
+            halted: None,
         })
         .await?;
     Ok(pb::PairCreateResponse {
