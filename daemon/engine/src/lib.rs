@@ -55,8 +55,8 @@ pub use engine::{
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;
 pub use latency::{HistogramSnapshot, LatencyHistogram};
-pub use prune::{PruneOptions, PruneReport, TidRange};
 pub use lineage::{Link, RolledBack, Upgraded};
+pub use prune::{PruneOptions, PruneReport, TidRange};
 pub use read::{At, Entry, FileReader, PfsStats};
 pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
 pub use repl_types::{EntryPath, PfsName, Retention, Tid};
