@@ -716,14 +716,25 @@ pub async fn history(ctx: &Ctx, a: HistoryArgs) -> Result<()> {
     struct HistoryJson {
         target: String,
         versions: Vec<EntryJson>,
+        pruned: Vec<output::TidRangeJson>,
     }
     let json = HistoryJson {
         target: target.location(),
         versions: h.versions.iter().map(EntryJson::from).collect(),
+        pruned: output::ranges_json(&h.pruned),
     };
     ctx.out.emit(&json, || {
+        let pruned = match h.pruned.as_slice() {
+            [] => String::new(),
+            [.., newest] => format!(
+                "history of this PFS was pruned in {} range(s), the newest {}; versions only \
+                 those TIDs saw are gone, and reads there say \"pruned\"\n",
+                h.pruned.len(),
+                output::range(newest)
+            ),
+        };
         if h.versions.is_empty() {
-            return format!("{}: no retained versions\n", target.location());
+            return format!("{}: no retained versions\n{pruned}", target.location());
         }
         let mut t = output::table(&[
             "created tid",
@@ -754,7 +765,7 @@ pub async fn history(ctx: &Ctx, a: HistoryArgs) -> Result<()> {
         }
         output::align_right(&mut t, &[5]);
         format!(
-            "{}\nread a version with `replctl get {}@TID`\n",
+            "{}\n{pruned}read a version with `replctl get {}@TID`\n",
             output::render(&t),
             target.location()
         )

@@ -78,7 +78,7 @@ enum Command {
     /// Node information: name, version, devices.
     #[command(subcommand)]
     Node(node::NodeCommand),
-    /// PFS lifecycle: create, list, status, destroy, upgrade, downgrade.
+    /// PFS lifecycle: create, list, status, set, destroy, upgrade, downgrade.
     #[command(subcommand)]
     Pfs(pfs::PfsCommand),
     /// Upload a local file (or - for stdin) to [NODE:]PFS/PATH.
@@ -99,6 +99,8 @@ enum Command {
     Mkdir(files::MkdirArgs),
     /// Every retained version of a path.
     History(files::HistoryArgs),
+    /// Apply a PFS's retention policy now (--dry-run lists what would go).
+    Prune(pfs::PruneArgs),
     /// Named TIDs of a PFS: create, list, delete.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -191,6 +193,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Mv(a) => files::mv(ctx, a).await,
         Command::Mkdir(a) => files::mkdir(ctx, a).await,
         Command::History(a) => files::history(ctx, a).await,
+        Command::Prune(a) => pfs::prune(ctx, a).await,
         Command::Snapshot(c) => snapshot::run(ctx, c).await,
         Command::Import(a) => import::run(ctx, a).await,
         Command::Export(a) => export::run(ctx, a).await,
@@ -290,6 +293,10 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         Code::Unauthenticated => "check the --ca, --cert and --key files (or the replctl config)",
         Code::DeadlineExceeded => "the node took too long; it may be overloaded: try again",
         Code::ResourceExhausted => "the node refused the size of the request or is out of space",
+        Code::OutOfRange => {
+            "that TID was pruned by the PFS's retention policy: read a kept TID (`replctl pfs \
+             status` lists the pruned ranges, `replctl snapshot list` the named ones)"
+        }
         _ => return None,
     })
 }

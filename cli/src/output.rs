@@ -266,6 +266,8 @@ pub struct PfsJson {
     pub created_tid: String,
     /// Its time.
     pub created_time: String,
+    /// The retention policy (`forever`, or KEEP[,EVERY:UNTIL]...).
+    pub retention: String,
 }
 
 impl From<&PfsInfo> for PfsJson {
@@ -280,6 +282,7 @@ impl From<&PfsInfo> for PfsJson {
             head_time,
             created_tid: p.created_tid.to_string(),
             created_time: p.created_tid.to_rfc3339(),
+            retention: p.retention.to_string(),
         }
     }
 }
@@ -306,6 +309,38 @@ pub struct PfsStatusJson {
     pub oldest_tid: Option<String>,
     /// Its time.
     pub oldest_time: Option<String>,
+    /// TID ranges that prunes made unreadable.
+    pub pruned: Vec<TidRangeJson>,
+}
+
+/// TIDs `from <= t < to`.
+#[derive(Debug, Serialize)]
+pub struct TidRangeJson {
+    /// The first TID of the range.
+    pub from_tid: String,
+    /// The first TID after it.
+    pub to_tid: String,
+}
+
+/// The JSON form of TID ranges.
+pub fn ranges_json(r: &[repl_proto::TidRange]) -> Vec<TidRangeJson> {
+    r.iter()
+        .map(|(a, b)| TidRangeJson {
+            from_tid: a.to_string(),
+            to_tid: b.to_string(),
+        })
+        .collect()
+}
+
+/// A TID range for people: `FROM .. TO (time .. time)`.
+pub fn range(r: &repl_proto::TidRange) -> String {
+    format!(
+        "{} .. {} ({} .. {})",
+        r.0,
+        r.1,
+        r.0.to_rfc3339(),
+        r.1.to_rfc3339()
+    )
 }
 
 impl From<&PfsStatus> for PfsStatusJson {
@@ -321,6 +356,7 @@ impl From<&PfsStatus> for PfsStatusJson {
             snapshots: s.snapshots,
             oldest_tid,
             oldest_time,
+            pruned: ranges_json(&s.pruned),
         }
     }
 }

@@ -1,10 +1,10 @@
-//! `replctl pfs create|list|status|destroy|upgrade|downgrade`.
+//! `replctl pfs create|list|status|set|destroy|upgrade|downgrade`, and `replctl prune`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
 use comfy_table::Cell;
-use repl_proto::{PfsCreateRequest, PfsDestroyRequest, PfsRole};
+use repl_proto::{PfsCreateRequest, PfsDestroyRequest, PfsRole, Retention};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -46,6 +46,19 @@ pub enum PfsCommand {
         /// [NODE:]PFS
         #[arg(value_parser = Target::parse)]
         target: Target,
+    },
+    /// Change a PFS's settings: its retention policy.
+    ///
+    /// Example: replctl pfs set node1:data --retention 7d,1h:14d,1d:90d
+    Set {
+        /// [NODE:]PFS
+        #[arg(value_parser = Target::parse)]
+        target: Target,
+        /// How much history to keep: `forever`, or KEEP[,EVERY:UNTIL]... (all history for KEEP,
+        /// then one point per EVERY until UNTIL old; see docs/operations.md). A slave's policy
+        /// is its own.
+        #[arg(long, value_name = "POLICY")]
+        retention: Retention,
     },
     /// Destroy a PFS and all its history. Asks for the name on a terminal; give --yes otherwise.
     ///
@@ -176,10 +189,10 @@ pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
             ctx.out.emit(&PfsStatusJson::from(&s), || {
                 let p = &s.pfs;
                 format!(
-                    "pfs          {}\nrole         {}\nhistory      {}\nshared uuid  {}\n\
-                     head         {}\ncreated      {}\noldest       {}\n\
+                    "pfs          {}\nrole         {}\nhistory      {}\nretention    {} ({})\n\
+                     shared uuid  {}\nhead         {}\ncreated      {}\noldest       {}\n\
                      files        {}\ndirs         {}\nsymlinks     {}\n\
-                     bytes        {} ({})\nversions     {}\nsnapshots    {}\n",
+                     bytes        {} ({})\nversions     {}\nsnapshots    {}\npruned       {}\n",
                     target.location(),
                     p.role,
                     if p.nohistory {
@@ -187,6 +200,8 @@ pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
                     } else {
                         "kept"
                     },
+                    p.retention,
+                    p.retention.describe(),
                     p.shared_uuid,
                     output::opt_tid(p.head_tid),
                     output::tid(p.created_tid),
@@ -198,6 +213,25 @@ pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
                     output::bytes(s.logical_bytes),
                     s.versions,
                     s.snapshots,
+                    pruned_lines(&s.pruned),
+                )
+            })
+        }
+        PfsCommand::Set { target, retention } => {
+            let target = target.whole_pfs("pfs set")?;
+            let info = ctx
+                .nodes
+                .admin(target.node.as_ref())
+                .await?
+                .pfs_set_retention(&target.pfs, &retention)
+                .await?;
+            ctx.out.emit(&PfsJson::from(&info), || {
+                format!(
+                    "retention of {} is now {} ({}); `replctl prune {}` applies it now, the daemon on its schedule\n",
+                    target.location(),
+                    info.retention,
+                    info.retention.describe(),
+                    target.location()
                 )
             })
         }
@@ -226,6 +260,103 @@ pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
             )
         }
     }
+}
+
+/// Pruned ranges, one per line (the newest few), or `none`.
+fn pruned_lines(r: &[repl_proto::TidRange]) -> String {
+    const SHOWN: usize = 5;
+    if r.is_empty() {
+        return "none".to_owned();
+    }
+    let mut out: Vec<String> = r.iter().rev().take(SHOWN).map(output::range).collect();
+    if r.len() > SHOWN {
+        out.push(format!(
+            "... and {} older ranges (--json lists all)",
+            r.len() - SHOWN
+        ));
+    }
+    out.join("\n             ")
+}
+
+/// `replctl prune [NODE:]PFS`
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  replctl prune node1:data --dry-run\n  replctl prune node1:data"
+)]
+pub struct PruneArgs {
+    /// [NODE:]PFS
+    #[arg(value_parser = Target::parse)]
+    target: Target,
+    /// List what would go and how many bytes it would free; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also prune history that a paired slave has not confirmed yet; that slave then needs a
+    /// full resync.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `replctl prune`: applies the PFS's retention policy now.
+pub async fn prune(ctx: &Ctx, a: PruneArgs) -> Result<()> {
+    let target = a.target.whole_pfs("prune")?;
+    let r = ctx
+        .nodes
+        .admin(target.node.as_ref())
+        .await?
+        .prune(&target.pfs, a.dry_run, a.force)
+        .await?;
+    #[derive(Serialize)]
+    struct PruneJson {
+        pfs: String,
+        dry_run: bool,
+        pruned: Vec<output::TidRangeJson>,
+        commits: u64,
+        versions: u64,
+        bytes: u64,
+        held_commits: u64,
+        hold_tid: Option<String>,
+        needs_resync: Vec<String>,
+    }
+    let json = PruneJson {
+        pfs: target.location(),
+        dry_run: r.dry_run,
+        pruned: output::ranges_json(&r.pruned),
+        commits: r.commits,
+        versions: r.versions,
+        bytes: r.bytes,
+        held_commits: r.held_commits,
+        hold_tid: r.hold_tid.map(|t| t.to_string()),
+        needs_resync: r.needs_resync.clone(),
+    };
+    ctx.out.emit(&json, || {
+        let verb = if r.dry_run { "would prune" } else { "pruned" };
+        let mut s = format!(
+            "{verb} {} commits and {} versions of {}, freeing {} ({} bytes) once space is reclaimed\n",
+            r.commits,
+            r.versions,
+            target.location(),
+            output::bytes(r.bytes),
+            r.bytes
+        );
+        for range in &r.pruned {
+            s.push_str(&format!("  {}\n", output::range(range)));
+        }
+        if r.held_commits > 0 {
+            s.push_str(&format!(
+                "kept {} commits that a paired slave has not confirmed (hold at {}); --force prunes them and makes that slave need a full resync\n",
+                r.held_commits,
+                output::opt_tid(r.hold_tid)
+            ));
+        }
+        for slave in &r.needs_resync {
+            s.push_str(&format!(
+                "slave {slave} {} a full resync: {} changes it had not confirmed (see `replctl status`)\n",
+                if r.dry_run { "would need" } else { "now needs" },
+                if r.dry_run { "this would prune" } else { "this pruned" }
+            ));
+        }
+        s
+    })
 }
 
 /// Asks the operator to type the PFS's name; refuses without a terminal.

@@ -326,6 +326,8 @@ struct PairingJson {
     reconnects: u64,
     bandwidth: Option<u64>,
     last_error: Option<String>,
+    needs_resync: bool,
+    hold_tid: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -373,6 +375,8 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<()> {
                     reconnects: p.reconnects,
                     bandwidth: (p.bandwidth > 0).then_some(p.bandwidth),
                     last_error: (!p.last_error.is_empty()).then(|| p.last_error.clone()),
+                    needs_resync: p.needs_resync,
+                    hold_tid: Tid(p.hold_tid).to_string(),
                 })
                 .collect(),
             slaves: r
@@ -423,6 +427,13 @@ fn print_status(s: &StatusJson) {
                 .as_ref()
                 .map_or(String::new(), |e| format!("  last error: {e}"))
         );
+        if p.needs_resync {
+            println!(
+                "  {} needs a full resync: a forced prune removed changes it had not confirmed; \
+                 it does not stream (see docs/operations.md, Holds)",
+                p.slave
+            );
+        }
     }
     for v in &s.slaves {
         println!(

@@ -75,6 +75,27 @@ pub struct Config {
 
     /// Replication streams.
     pub replication: ReplicationConfig,
+
+    /// Scheduled pruning of history by each PFS's retention policy.
+    pub retention: RetentionConfig,
+}
+
+/// When the daemon prunes history by itself. Policies are per PFS (`replctl pfs set
+/// --retention`); `replctl prune` prunes at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often every PFS whose policy drops history is pruned (never forced: what a paired
+    /// slave has not confirmed is kept). `0s` turns scheduled pruning off. Default: `10m`.
+    pub prune_interval: HumanDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            prune_interval: HumanDuration::secs(600),
+        }
+    }
 }
 
 /// How this node's replication streams behave. Pairings themselves are made with
@@ -190,6 +211,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             replication: ReplicationConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`node`]: opening the storage engine from the config; `repld format` and `repld fsck`.
 //! - [`service`]: the Storage and Admin gRPC services over the engine.
 //! - [`replication`]: the pairings this node feeds and accepts, and the Replication service.
+//! - [`retention`]: `replctl prune` (with the slaves' holds) and the scheduled prune worker.
 //! - [`metrics`]: the Prometheus endpoint (`/metrics`, `/healthz`) on `metrics_listen`.
 //!
 //! [`run`] opens the engine, registers its services on [`Services`] (one line each), and closes
@@ -30,6 +31,7 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod signals;
@@ -99,6 +101,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     daemon.add_essential("metrics endpoint", move |token| {
         metrics::serve(metrics_listener, metrics, token)
     });
+    {
+        let (engine, replication) = (engine.clone(), std::sync::Arc::clone(&replication));
+        let interval = daemon.config().retention.prune_interval.get();
+        daemon.add_essential("prune worker", move |token| {
+            retention::worker(engine, replication, interval, token)
+        });
+    }
     // After the servers have drained: make everything durable and release the device.
     daemon.on_shutdown("engine", async move {
         tokio::task::spawn_blocking(move || engine.close())

@@ -158,6 +158,8 @@ impl Metrics {
         let mut throttle = Vec::new();
         let mut limit = Vec::new();
         let mut since = Vec::new();
+        let mut resync = Vec::new();
+        let mut hold = Vec::new();
         for r in &rows {
             let l = vec![
                 ("role", "master"),
@@ -180,6 +182,8 @@ impl Metrics {
             reconnects.push((l.clone(), p.reconnects as f64));
             throttle.push((l.clone(), p.throttle_wait.as_secs_f64()));
             limit.push((l.clone(), r.pairing.bandwidth.unwrap_or(0) as f64));
+            resync.push((l.clone(), f64::from(u8::from(r.pairing.needs_resync))));
+            hold.push((l.clone(), r.hold.as_secs_f64()));
             since.push((
                 l,
                 p.last_progress.map_or(0.0, |t| t.elapsed().as_secs_f64()),
@@ -225,6 +229,16 @@ impl Metrics {
                 view.apply_latency.snapshot(),
             ));
         }
+        out.push(gauge(
+            "repld_replication_needs_resync",
+            "1 when a forced prune removed changes this slave had not confirmed: the pairing does not stream until the slave is resynced (docs/operations.md).",
+            resync,
+        ));
+        out.push(gauge(
+            "repld_replication_hold_tid_seconds",
+            "The checkpoint the slave confirmed, as seconds since the epoch: prune keeps the master's history after it.",
+            hold,
+        ));
         out.push(gauge(
             "repld_replication_lag_seconds",
             "How far a slave is behind: the age of the oldest change it lacks (0 in sync). From the sender (role=master) or from heartbeats (role=slave).",

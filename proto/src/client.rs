@@ -949,6 +949,38 @@ impl AdminClient {
         Ok(PfsStatus::try_from(resp.into_inner())?)
     }
 
+    /// Sets a PFS's retention policy.
+    pub async fn pfs_set_retention(
+        &mut self,
+        name: &PfsName,
+        retention: &crate::Retention,
+    ) -> Result<PfsInfo, ClientError> {
+        let req = pb::PfsSetRequest {
+            name: name.to_string(),
+            retention: Some(retention.to_string()),
+        };
+        let resp = self.inner.pfs_set(req).await?.into_inner();
+        Ok(PfsInfo::try_from(
+            resp.pfs
+                .ok_or(ProtocolError::missing("PfsSetResponse.pfs"))?,
+        )?)
+    }
+
+    /// Prunes a PFS by its retention policy (or, with `dry_run`, says what would go).
+    pub async fn prune(
+        &mut self,
+        name: &PfsName,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<crate::PruneResult, ClientError> {
+        let req = pb::PruneRequest {
+            name: name.to_string(),
+            dry_run,
+            force,
+        };
+        Ok(self.inner.prune(req).await?.into_inner().into())
+    }
+
     /// Destroys a PFS.
     pub async fn pfs_destroy(&mut self, req: PfsDestroyRequest) -> Result<(), ClientError> {
         self.inner

@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use repl_types::{EntryPath, MAX_PATH_LEN, PathError, PfsName, Tid};
+use repl_types::{EntryPath, MAX_PATH_LEN, PathError, PfsName, Retention, Tid};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -1227,6 +1227,8 @@ impl From<Listing> for pb::ListResponse {
 pub struct History {
     /// Every retained version.
     pub versions: Vec<Entry>,
+    /// TID ranges of the PFS that prunes made unreadable.
+    pub pruned: Vec<TidRange>,
 }
 
 impl TryFrom<pb::HistoryResponse> for History {
@@ -1238,6 +1240,7 @@ impl TryFrom<pb::HistoryResponse> for History {
                 .into_iter()
                 .map(Entry::try_from)
                 .collect::<Result<_, _>>()?,
+            pruned: ranges_from_pb(r.pruned),
         })
     }
 }
@@ -1246,6 +1249,7 @@ impl From<History> for pb::HistoryResponse {
     fn from(h: History) -> pb::HistoryResponse {
         pb::HistoryResponse {
             versions: h.versions.into_iter().map(Into::into).collect(),
+            pruned: ranges_to_pb(&h.pruned),
         }
     }
 }
@@ -1366,6 +1370,22 @@ pub struct PfsInfo {
     pub head_tid: Option<Tid>,
     /// The TID that created the PFS.
     pub created_tid: Tid,
+    /// How much history it keeps.
+    #[serde(serialize_with = "display")]
+    pub retention: Retention,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A retention policy from a request field; empty is `forever`.
+pub fn retention(field: &'static str, text: &str) -> Result<Retention, ProtocolError> {
+    if text.is_empty() {
+        return Ok(Retention::Forever);
+    }
+    text.parse()
+        .map_err(|source| ProtocolError::Retention { field, source })
 }
 
 impl TryFrom<pb::PfsInfo> for PfsInfo {
@@ -1378,6 +1398,7 @@ impl TryFrom<pb::PfsInfo> for PfsInfo {
             shared_uuid: uuid("PfsInfo.shared_uuid", &p.shared_uuid)?,
             head_tid: opt_tid(p.head_tid),
             created_tid: Tid(p.created_tid),
+            retention: retention("PfsInfo.retention", &p.retention)?,
         })
     }
 }
@@ -1391,6 +1412,77 @@ impl From<PfsInfo> for pb::PfsInfo {
             shared_uuid: Bytes::copy_from_slice(p.shared_uuid.as_bytes()),
             head_tid: tid_or_zero(p.head_tid),
             created_tid: p.created_tid.get(),
+            retention: p.retention.to_string(),
+        }
+    }
+}
+
+/// TIDs `from <= t < to`.
+pub type TidRange = (Tid, Tid);
+
+fn ranges_from_pb(r: Vec<pb::TidRange>) -> Vec<TidRange> {
+    r.into_iter()
+        .map(|r| (Tid(r.from_tid), Tid(r.to_tid)))
+        .collect()
+}
+
+/// The wire form of TID ranges.
+pub fn ranges_to_pb(r: &[TidRange]) -> Vec<pb::TidRange> {
+    r.iter()
+        .map(|(a, b)| pb::TidRange {
+            from_tid: a.get(),
+            to_tid: b.get(),
+        })
+        .collect()
+}
+
+/// What a prune removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PruneResult {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// TID ranges that became unreadable.
+    pub pruned: Vec<TidRange>,
+    /// Commits pruned.
+    pub commits: u64,
+    /// Versions dropped.
+    pub versions: u64,
+    /// Log bytes that became dead.
+    pub bytes: u64,
+    /// Commits a slave's hold kept.
+    pub held_commits: u64,
+    /// The oldest checkpoint a paired slave confirmed.
+    pub hold_tid: Option<Tid>,
+    /// Slaves (`NODE:PFS`) that now need a full resync.
+    pub needs_resync: Vec<String>,
+}
+
+impl From<pb::PruneResponse> for PruneResult {
+    fn from(r: pb::PruneResponse) -> PruneResult {
+        PruneResult {
+            dry_run: r.dry_run,
+            pruned: ranges_from_pb(r.pruned),
+            commits: r.commits,
+            versions: r.versions,
+            bytes: r.bytes,
+            held_commits: r.held_commits,
+            hold_tid: opt_tid(r.hold_tid),
+            needs_resync: r.needs_resync,
+        }
+    }
+}
+
+impl From<PruneResult> for pb::PruneResponse {
+    fn from(r: PruneResult) -> pb::PruneResponse {
+        pb::PruneResponse {
+            dry_run: r.dry_run,
+            pruned: ranges_to_pb(&r.pruned),
+            commits: r.commits,
+            versions: r.versions,
+            bytes: r.bytes,
+            held_commits: r.held_commits,
+            hold_tid: tid_or_zero(r.hold_tid),
+            needs_resync: r.needs_resync,
         }
     }
 }
@@ -1495,6 +1587,8 @@ pub struct PfsStatus {
     pub snapshots: u64,
     /// The oldest TID still readable.
     pub oldest_tid: Option<Tid>,
+    /// TID ranges that prunes made unreadable.
+    pub pruned: Vec<TidRange>,
 }
 
 impl TryFrom<pb::PfsStatusResponse> for PfsStatus {
@@ -1512,6 +1606,7 @@ impl TryFrom<pb::PfsStatusResponse> for PfsStatus {
             versions: r.versions,
             snapshots: r.snapshots,
             oldest_tid: opt_tid(r.oldest_tid),
+            pruned: ranges_from_pb(r.pruned),
         })
     }
 }
@@ -1527,6 +1622,7 @@ impl From<PfsStatus> for pb::PfsStatusResponse {
             versions: s.versions,
             snapshots: s.snapshots,
             oldest_tid: tid_or_zero(s.oldest_tid),
+            pruned: ranges_to_pb(&s.pruned),
         }
     }
 }
@@ -2138,6 +2234,7 @@ mod tests {
             shared_uuid: Uuid::from_bytes([9; 16]),
             head_tid: None,
             created_tid: Tid(3),
+            retention: "7d,1h:14d".parse().expect("policy"),
         };
         assert_eq!(
             PfsInfo::try_from(pb::PfsInfo::from(info.clone())),
@@ -2153,6 +2250,7 @@ mod tests {
             versions: 5,
             snapshots: 6,
             oldest_tid: Some(Tid(1)),
+            pruned: vec![(Tid(1), Tid(2)), (Tid(5), Tid(9))],
         };
         assert_eq!(
             PfsStatus::try_from(pb::PfsStatusResponse::from(status.clone())),

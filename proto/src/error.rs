@@ -40,6 +40,14 @@ pub enum ProtocolError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A retention policy is malformed.
+    #[error("{field}: {source}")]
+    Retention {
+        /// The field that held it.
+        field: &'static str,
+        /// Why it is malformed.
+        source: repl_types::RetentionParseError,
+    },
     /// A required field is absent.
     #[error("{0}: required field is missing")]
     Missing(&'static str),

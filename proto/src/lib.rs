@@ -36,6 +36,7 @@ pub use client::{
 pub use convert::*;
 pub use error::{ClientError, ProtocolError};
 pub use repl_types;
+pub use repl_types::Retention;
 
 /// The largest gRPC message either end encodes or accepts, in bytes. A bigger message fails with
 /// `RESOURCE_EXHAUSTED`.

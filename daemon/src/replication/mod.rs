@@ -97,6 +97,14 @@ pub struct PairingRow {
     pub progress: Progress,
     /// Seconds behind (0 in sync).
     pub lag_secs: f64,
+    /// The checkpoint the slave confirmed, which holds the master's history.
+    pub hold: Tid,
+}
+
+/// The newer of a pairing's saved confirmed checkpoint and the one its sender last saw.
+fn confirmed(p: &Pairing, progress: &Progress) -> Tid {
+    let live = progress.acked.map_or(Tid::ZERO, |a| a.synced);
+    p.confirmed.unwrap_or(Tid::ZERO).max(live)
 }
 
 impl Replication {
@@ -147,14 +155,25 @@ impl Replication {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts the sender of `p` (a halted pairing only shows in status).
+    /// Starts the sender of `p` (a halted pairing, or one that needs a resync, only shows in
+    /// status).
     async fn spawn(&self, p: Pairing) -> Result<(), Status> {
-        if let Some(why) = &p.halted {
-            let progress = repl_agent::Progress {
+        let parked = if p.needs_resync {
+            Some(repl_agent::Progress {
+                last_error: Some(
+                    "a forced prune removed changes this slave had not confirmed: it needs a full resync"
+                        .to_owned(),
+                ),
+                ..repl_agent::Progress::default()
+            })
+        } else {
+            p.halted.as_ref().map(|why| repl_agent::Progress {
                 state: repl_agent::StreamState::Downgraded,
                 last_error: Some(why.clone()),
                 ..repl_agent::Progress::default()
-            };
+            })
+        };
+        if let Some(progress) = parked {
             self.lock_running().push(Running {
                 limiter: Arc::new(Limiter::new(p.bandwidth)),
                 pairing: p,
@@ -536,10 +555,69 @@ impl Replication {
                 PairingRow {
                     pairing: r.pairing.clone(),
                     lag_secs: progress.lag_secs(now),
+                    hold: confirmed(&r.pairing, &progress),
                     progress,
                 }
             })
             .collect()
+    }
+
+    /// The holds on `master_pfs`'s history: for each of its pairings that still streams, the
+    /// checkpoint its slave has confirmed (saved first, so that a hold survives a restart while
+    /// the slave is down).
+    pub fn holds(&self, master_pfs: &str) -> Result<Vec<(Pairing, Tid)>, Status> {
+        let live: Vec<(Pairing, Progress)> = self
+            .lock_running()
+            .iter()
+            .map(|r| (r.pairing.clone(), r.status.snapshot()))
+            .collect();
+        let mut store = self.lock_store();
+        let mut next = store.settings.clone();
+        let mut out = Vec::new();
+        for p in next
+            .pairings
+            .iter_mut()
+            .filter(|p| p.master_pfs == master_pfs && !p.needs_resync)
+        {
+            let progress = live
+                .iter()
+                .find(|(x, _)| x.is(&p.master_pfs, &p.slave_node, &p.slave_pfs));
+            let tid = progress.map_or(p.confirmed.unwrap_or(Tid::ZERO), |(_, pr)| confirmed(p, pr));
+            if tid > Tid::ZERO && Some(tid) != p.confirmed {
+                p.confirmed = Some(tid);
+            }
+            out.push((p.clone(), tid));
+        }
+        if next != store.settings {
+            store
+                .save(next)
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+        }
+        Ok(out)
+    }
+
+    /// Marks pairings as needing a full resync (a forced prune removed changes their slaves had
+    /// not confirmed) and stops their senders.
+    pub fn mark_needs_resync(&self, pairings: &[Pairing]) -> Result<(), Status> {
+        let hit = |x: &Pairing| {
+            pairings
+                .iter()
+                .any(|p| x.is(&p.master_pfs, &p.slave_node, &p.slave_pfs))
+        };
+        let mut store = self.lock_store();
+        let mut next = store.settings.clone();
+        for p in next.pairings.iter_mut().filter(|p| hit(p)) {
+            p.needs_resync = true;
+        }
+        store
+            .save(next)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        drop(store);
+        for r in self.lock_running().iter_mut().filter(|r| hit(&r.pairing)) {
+            r.pairing.needs_resync = true;
+            r.stop.send_replace(true);
+        }
+        Ok(())
     }
 
     /// Records the result of a verify of a pairing this node feeds (kept until restart).

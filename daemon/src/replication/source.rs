@@ -67,6 +67,20 @@ pub(crate) fn batch(
     max_bytes: u64,
     until: Tid,
 ) -> repld_engine::Result<Option<Payload>> {
+    // A slave whose checkpoint lies before history this master pruned cannot continue: the
+    // changes it lacks are gone (a forced prune, or a new slave of a pruned master).
+    if let Some((a, b)) = engine
+        .pfs(pfs)?
+        .pruned
+        .into_iter()
+        .find(|(_, to)| *to > from.synced)
+    {
+        return Err(repld_engine::Error::Invalid(format!(
+            "the slave is at {}, but this master pruned the history after it ({a} to {b}): \
+             the slave needs a full resync (docs/operations.md, Holds)",
+            from.synced
+        )));
+    }
     let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     // The whole batch's room at once: growing it by doubling would copy it again and again.
     let mut buf = BytesMut::with_capacity(max.min(MAX_PREALLOC));

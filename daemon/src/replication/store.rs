@@ -23,6 +23,15 @@ pub struct Pairing {
     /// upgrade of the PFS clears it and the pairing streams again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// The newest checkpoint the slave is known to have confirmed (saved when a prune runs):
+    /// the master's history after it is held for the slave. `None` = not known yet, which
+    /// holds all history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<repld_engine::Tid>,
+    /// A forced prune removed changes the slave had not confirmed: the pairing does not stream
+    /// until it is resynced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_resync: bool,
 }
 
 impl Pairing {
@@ -120,6 +129,8 @@ mod tests {
             slave_pfs: "data".into(),
             bandwidth: Some(4 << 20),
             halted: None,
+            confirmed: Some(repld_engine::Tid(77)),
+            needs_resync: true,
         });
         store.save(s.clone()).expect("save");
         assert_eq!(Store::load(dir.path()).expect("reload").settings, s);

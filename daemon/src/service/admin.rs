@@ -50,6 +50,7 @@ pub(crate) fn pfs_info(p: &PfsInfo) -> pb::PfsInfo {
         shared_uuid: uuid::Uuid::from_bytes(p.shared_uuid),
         head_tid: (p.head != repld_engine::Tid::ZERO).then_some(p.head),
         created_tid: p.created,
+        retention: p.retention.clone(),
     }
     .into()
 }
@@ -127,6 +128,7 @@ impl pb::admin_server::Admin for AdminService {
             versions: st.versions,
             snapshots: st.snapshots,
             oldest_tid: p.history_floor.max(p.created).get(),
+            pruned: repl_proto::ranges_to_pb(&p.pruned),
         }))
     }
 
@@ -149,6 +151,40 @@ impl pb::admin_server::Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::PfsDestroyResponse {}))
+    }
+
+    async fn pfs_set(
+        &self,
+        req: Request<pb::PfsSetRequest>,
+    ) -> Result<Response<pb::PfsSetResponse>, Status> {
+        let r = req.into_inner();
+        let name = pfs_name("PfsSetRequest.name", r.name)?;
+        let retention = r
+            .retention
+            .map(|t| repl_proto::retention("PfsSetRequest.retention", &t))
+            .transpose()?;
+        let engine = self.engine.clone();
+        let p = blocking(move || match retention {
+            Some(policy) => engine.set_retention(&name, policy),
+            None => engine.pfs(&name),
+        })
+        .await?;
+        tracing::info!(pfs = %p.name, retention = %p.retention, "PFS settings changed");
+        Ok(Response::new(pb::PfsSetResponse {
+            pfs: Some(pfs_info(&p)),
+        }))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let r = req.into_inner();
+        let name = pfs_name("PruneRequest.name", r.name)?;
+        let result =
+            crate::retention::prune(&self.engine, &self.replication, name, r.dry_run, r.force)
+                .await?;
+        Ok(Response::new(result.into()))
     }
 
     async fn snapshot_create(

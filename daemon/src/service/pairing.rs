@@ -99,6 +99,8 @@ pub async fn create(
             slave_pfs: r.slave_pfs,
             bandwidth: (r.bandwidth > 0).then_some(r.bandwidth),
             halted: None,
+            confirmed: None,
+            needs_resync: false,
         })
         .await?;
     Ok(pb::PairCreateResponse {
@@ -138,7 +140,11 @@ pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse
                 slave_node: row.pairing.slave_node,
                 slave_endpoint: row.pairing.slave_endpoint,
                 slave_pfs: row.pairing.slave_pfs,
-                state: p.state.as_str().to_owned(),
+                state: if row.pairing.needs_resync {
+                    "needs-resync".to_owned()
+                } else {
+                    p.state.as_str().to_owned()
+                },
                 synced_tid: acked.synced.get(),
                 partial_tid,
                 partial_chunks,
@@ -154,6 +160,8 @@ pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse
                 bandwidth: row.pairing.bandwidth.unwrap_or(0),
                 throttle_wait_seconds: p.throttle_wait.as_secs_f64(),
                 since_progress_seconds: p.last_progress.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                needs_resync: row.pairing.needs_resync,
+                hold_tid: row.hold.get(),
             }
         })
         .collect();

@@ -351,9 +351,11 @@ impl pb::storage_server::Storage for StorageService {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let r = HistoryRequest::try_from(req.into_inner())?;
         let engine = self.engine.clone();
-        let versions = blocking(move || engine.history(&r.pfs, &r.path)).await?;
+        let (versions, pfs) =
+            blocking(move || Ok((engine.history(&r.pfs, &r.path)?, engine.pfs(&r.pfs)?))).await?;
         Ok(Response::new(pb::HistoryResponse {
             versions: versions.iter().map(entry).collect(),
+            pruned: repl_proto::ranges_to_pb(&pfs.pruned),
         }))
     }
 
