@@ -21,7 +21,7 @@ pub mod throttle;
 
 pub use backoff::Backoff;
 pub use position::Position;
-pub use receiver::{CheckedBatch, Hello, Limits, Rejection, Session, Sink};
+pub use receiver::{CheckedBatch, Hello, Limits, Prepare, Rejection, Session, Sink};
 pub use sender::{
     Connect, Inbound, PairingStatus, Payload, Progress, SenderConfig, Source, StreamState,
 };

@@ -1,5 +1,10 @@
 //! The slave side of a stream: checks every batch before anything is written, hands it to the
 //! [`Sink`] to apply durably, and acknowledges with the new checkpoint.
+//!
+//! Batches are applied one at a time, in order, but the work on a batch that needs no
+//! checkpoint (the sink's [`Prepare`]: decoding, hashing chunks) runs ahead, on blocking
+//! threads, for the batches read while the previous one is made durable. A slave's CPU work
+//! then overlaps its `fdatasync` instead of waiting for it.
 
 use std::future::Future;
 
@@ -13,7 +18,7 @@ use tonic::Status;
 use crate::position::Position;
 use crate::{PROTOCOL_VERSION, payload_crc};
 
-/// Messages read ahead of the batch being applied.
+/// Messages read (and batches prepared) ahead of the batch being applied.
 const READ_AHEAD: usize = 2;
 
 /// Limits the receiver enforces.
@@ -109,8 +114,28 @@ pub trait Sink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Session, Status>> + Send;
 }
 
+/// The work on a batch that does not depend on the slave's checkpoint: decoding it and hashing
+/// its chunks. It must write nothing. The receiver calls it on a blocking thread for batches read
+/// ahead, so it may run while an earlier batch is being applied, and for batches that turn out to
+/// be applied already (then its result is dropped).
+pub trait Prepare: Send + Sync + 'static {
+    /// A batch ready for [`Session::apply`].
+    type Ready: Send + 'static;
+
+    /// Prepares `batch`. An error refuses the batch (as an apply error would) once the batches
+    /// before it are applied.
+    fn prepare(&self, batch: &CheckedBatch) -> Result<Self::Ready, Status>;
+}
+
 /// One open stream into a slave PFS.
 pub trait Session: Send + 'static {
+    /// What prepares this stream's batches.
+    type Prepare: Prepare;
+
+    /// The preparer of this stream's batches, which the receiver moves to the task that reads
+    /// ahead.
+    fn preparer(&self) -> Self::Prepare;
+
     /// The slave's durable checkpoint.
     fn checkpoint(&self) -> Position;
 
@@ -119,13 +144,14 @@ pub trait Session: Send + 'static {
     /// master's is refused).
     fn synced_link(&self) -> [u8; 32];
 
-    /// Decodes and durably applies `batch`, which starts at the checkpoint the receiver last saw.
-    /// Must itself refuse a batch that does not start at the durable checkpoint (another stream
-    /// may have moved it), and must write nothing unless the whole batch is valid. Returns the
-    /// new checkpoint, which is `batch.to`.
+    /// Durably applies `batch`, which starts at the checkpoint the receiver last saw, as
+    /// `ready` prepared it. Must itself refuse a batch that does not start at the durable
+    /// checkpoint (another stream may have moved it), and must write nothing unless the whole
+    /// batch is valid. Returns the new checkpoint, which is `batch.to`.
     fn apply(
         &mut self,
         batch: CheckedBatch,
+        ready: <Self::Prepare as Prepare>::Ready,
     ) -> impl Future<Output = Result<Position, Status>> + Send;
 
     /// The master's head and its oldest TID this slave lacks (`None`: in sync), from a heartbeat.
@@ -171,17 +197,16 @@ pub async fn serve<S, In>(
             return;
         }
     };
-    // Read the next batches while one is applied, so the sender's window keeps the link busy.
+    // Read and prepare the next batches while one is applied, so that the sender's window keeps
+    // the link busy and the slave's CPU work overlaps its writes.
     let (ahead_tx, ahead) = mpsc::channel(READ_AHEAD);
-    let reader = tokio::spawn(async move {
-        while let Some(m) = inbound.next().await {
-            if ahead_tx.send(m).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut inbound = tokio_stream::wrappers::ReceiverStream::new(ahead);
-    let result = stream(&mut session, limits, &mut inbound, &out).await;
+    let reader = tokio::spawn(read_ahead(
+        inbound,
+        limits,
+        std::sync::Arc::new(session.preparer()),
+        ahead_tx,
+    ));
+    let result = stream(&mut session, limits, ahead, &out).await;
     reader.abort();
     if let Err((why, status)) = result {
         session.rejected(why);
@@ -209,15 +234,70 @@ async fn open<S: Sink>(sink: &S, peer: &str, hello: &pb::Hello) -> Result<S::Ses
 
 type Refusal = (Rejection, Status);
 
-async fn stream<T: Session, In>(
-    session: &mut T,
+/// A batch that is being prepared, with the batch itself.
+type Preparing<R> = tokio::task::JoinHandle<(CheckedBatch, Result<R, Status>)>;
+
+/// What the read-ahead task hands to the applying loop, in the order the sender sent it.
+enum Ahead<R> {
+    Batch(Preparing<R>),
+    Heartbeat(pb::Heartbeat),
+    /// The stream is refused here; nothing after it is read.
+    Refused(Refusal),
+}
+
+/// Reads the stream, checks each batch and starts preparing it, and passes everything on in
+/// order. Stops reading at a refusal, and ends when the sender goes away (a transport error
+/// needs no answer).
+async fn read_ahead<P: Prepare, In>(
+    mut inbound: In,
     limits: Limits,
-    inbound: &mut In,
-    out: &mpsc::Sender<Result<pb::ReceiverMessage, Status>>,
-) -> Result<(), Refusal>
-where
+    preparer: std::sync::Arc<P>,
+    ahead: mpsc::Sender<Ahead<P::Ready>>,
+) where
     In: Stream<Item = Result<pb::SenderMessage, Status>> + Unpin + Send,
 {
+    let mut next_seq = 1;
+    while let Some(Ok(msg)) = inbound.next().await {
+        let (item, last) = match msg.msg {
+            Some(sender_message::Msg::Batch(b)) => match check(b, next_seq, limits) {
+                Ok(batch) => {
+                    next_seq += 1;
+                    let preparer = preparer.clone();
+                    let job = tokio::task::spawn_blocking(move || {
+                        let ready = preparer.prepare(&batch);
+                        (batch, ready)
+                    });
+                    (Ahead::Batch(job), false)
+                }
+                Err(refusal) => (Ahead::Refused(refusal), true),
+            },
+            Some(sender_message::Msg::Heartbeat(h)) => (Ahead::Heartbeat(h), false),
+            Some(sender_message::Msg::Hello(_)) | None => (
+                Ahead::Refused((
+                    Rejection::Malformed,
+                    Status::invalid_argument("expected a Batch or a Heartbeat"),
+                )),
+                true,
+            ),
+        };
+        if ahead.send(item).await.is_err() {
+            return;
+        }
+        if last {
+            // Keep the inbound stream open until the refusal has been sent (the caller aborts
+            // this task then): dropping it first would close the stream under the sender, which
+            // would see that instead of why.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn stream<T: Session>(
+    session: &mut T,
+    limits: Limits,
+    mut ahead: mpsc::Receiver<Ahead<<T::Prepare as Prepare>::Ready>>,
+    out: &mpsc::Sender<Result<pb::ReceiverMessage, Status>>,
+) -> Result<(), Refusal> {
     let mut checkpoint = session.checkpoint();
     let welcome = pb::ReceiverMessage {
         msg: Some(receiver_message::Msg::Welcome(pb::Welcome {
@@ -230,14 +310,15 @@ where
     if out.send(Ok(welcome)).await.is_err() {
         return Ok(());
     }
-    let mut next_seq = 1;
-    while let Some(msg) = inbound.next().await {
-        // A transport error means the sender went away: nothing to answer.
-        let Ok(msg) = msg else { return Ok(()) };
-        match msg.msg {
-            Some(sender_message::Msg::Batch(b)) => {
-                let batch = check(b, next_seq, limits)?;
-                next_seq += 1;
+    while let Some(item) = ahead.recv().await {
+        match item {
+            Ahead::Batch(job) => {
+                let (batch, ready) = job.await.map_err(|e| {
+                    (
+                        Rejection::Apply,
+                        Status::internal(format!("preparing a batch failed: {e}")),
+                    )
+                })?;
                 let seq = batch.seq;
                 if batch.to <= checkpoint {
                     // Already applied (a resent batch after a reconnect): nothing is written.
@@ -251,8 +332,9 @@ where
                         )),
                     ));
                 } else {
+                    let ready = ready.map_err(|s| (Rejection::Apply, s))?;
                     checkpoint = session
-                        .apply(batch)
+                        .apply(batch, ready)
                         .await
                         .map_err(|s| (Rejection::Apply, s))?;
                 }
@@ -266,16 +348,11 @@ where
                     return Ok(());
                 }
             }
-            Some(sender_message::Msg::Heartbeat(h)) => {
+            Ahead::Heartbeat(h) => {
                 let pending = (h.pending_since_tid != 0).then_some(Tid(h.pending_since_tid));
                 session.heartbeat(Tid(h.head_tid), pending);
             }
-            Some(sender_message::Msg::Hello(_)) | None => {
-                return Err((
-                    Rejection::Malformed,
-                    Status::invalid_argument("expected a Batch or a Heartbeat"),
-                ));
-            }
+            Ahead::Refused(refusal) => return Err(refusal),
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::receiver::{self, CheckedBatch, Hello, Limits, Rejection, Session, Sink};
+use crate::receiver::{self, CheckedBatch, Hello, Limits, Prepare, Rejection, Session, Sink};
 use crate::sender::{self, Connect, Inbound, PairingStatus, Payload, SenderConfig, Source};
 use crate::{Limiter, Position, Throttle};
 
@@ -156,6 +156,17 @@ struct SlaveState {
     refuse: Option<Status>,
     /// The slave's history diverged from the master's: its link is not the master's.
     diverged: bool,
+    /// Preparing the batch with this seq fails, once.
+    fail_prepare: Option<u64>,
+    /// The highest batch seq prepared on the current stream.
+    prepared_seq: u64,
+    /// While set, the first apply waits (for up to 10 s of real time) until a later batch has
+    /// been prepared, and records whether one was.
+    overlap_gate: Option<Arc<tokio::sync::Notify>>,
+    overlapped: Option<bool>,
+    /// Batches applied, and how many had been when each refusal came.
+    batches_applied: u64,
+    applied_at_refusal: Vec<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -182,7 +193,34 @@ impl Sink for Slave {
     }
 }
 
+/// The double prepares a batch by parsing its records.
+struct SlavePrepare(Slave);
+
+impl Prepare for SlavePrepare {
+    type Ready = Vec<(Tid, Option<u64>)>;
+
+    fn prepare(&self, batch: &CheckedBatch) -> Result<Self::Ready, Status> {
+        let mut s = self.0.state();
+        if s.fail_prepare == Some(batch.seq) {
+            s.fail_prepare = None;
+            return Err(Status::invalid_argument("the batch does not decode"));
+        }
+        s.prepared_seq = s.prepared_seq.max(batch.seq);
+        if let Some(gate) = &s.overlap_gate {
+            gate.notify_one();
+        }
+        Ok(parse_records(&batch.payload))
+    }
+}
+
 impl Session for Slave {
+    type Prepare = SlavePrepare;
+
+    fn preparer(&self) -> SlavePrepare {
+        self.state().prepared_seq = 0;
+        SlavePrepare(self.clone())
+    }
+
     fn checkpoint(&self) -> Position {
         self.state().checkpoint
     }
@@ -196,12 +234,36 @@ impl Session for Slave {
         l
     }
 
-    async fn apply(&mut self, batch: CheckedBatch) -> Result<Position, Status> {
+    async fn apply(
+        &mut self,
+        batch: CheckedBatch,
+        records: Vec<(Tid, Option<u64>)>,
+    ) -> Result<Position, Status> {
+        let gate = {
+            let s = self.state();
+            s.overlapped
+                .is_none()
+                .then(|| s.overlap_gate.clone())
+                .flatten()
+        };
+        if let Some(gate) = gate {
+            let seq = batch.seq;
+            let mut overlapped = false;
+            for _ in 0..100 {
+                if self.state().prepared_seq > seq {
+                    overlapped = true;
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), gate.notified()).await;
+            }
+            self.state().overlapped = Some(overlapped);
+        }
         let mut s = self.state();
         if batch.from != s.checkpoint {
             return Err(Status::failed_precondition("not at the checkpoint"));
         }
-        s.applied.extend(parse_records(&batch.payload));
+        s.applied.extend(records);
+        s.batches_applied += 1;
         s.checkpoint = batch.to;
         Ok(batch.to)
     }
@@ -211,7 +273,10 @@ impl Session for Slave {
     }
 
     fn rejected(&mut self, why: Rejection) {
-        *self.state().rejected.entry(why).or_default() += 1;
+        let mut s = self.state();
+        let applied = s.batches_applied;
+        s.applied_at_refusal.push(applied);
+        *s.rejected.entry(why).or_default() += 1;
     }
 }
 
@@ -535,6 +600,50 @@ async fn a_corrupted_batch_is_refused_before_anything_is_written_and_the_stream_
         p.last_error
             .as_deref()
             .is_some_and(|e| e.contains("CRC32C")),
+        "last error: {:?}",
+        p.last_error
+    );
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_prepared_while_one_is_being_applied() {
+    let master = Master::new(&history(20));
+    let slave = Slave::default();
+    slave.state().overlap_gate = Some(Arc::new(tokio::sync::Notify::new()));
+    let link = Link::new(&slave, &[]);
+    let run = start(&master, &link, config());
+    wait_synced(&master, &slave).await;
+    assert_eq!(
+        slave.state().overlapped,
+        Some(true),
+        "no later batch was prepared while the first one was being applied"
+    );
+    assert_applied_once_in_order(&master, &slave);
+    run.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_fails_to_prepare_is_refused_after_the_batches_before_it_are_applied() {
+    let master = Master::new(&history(20));
+    let slave = Slave::default();
+    slave.state().fail_prepare = Some(3);
+    let link = Link::new(&slave, &[]);
+    let run = start(&master, &link, config());
+    wait_synced(&master, &slave).await;
+    assert_applied_once_in_order(&master, &slave);
+    assert_eq!(slave.state().rejected.get(&Rejection::Apply), Some(&1));
+    assert_eq!(
+        slave.state().applied_at_refusal,
+        [2],
+        "batches 1 and 2 are applied before batch 3 is refused"
+    );
+    let p = run.status.snapshot();
+    assert_eq!(p.reconnects, 1);
+    assert!(
+        p.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("does not decode")),
         "last error: {:?}",
         p.last_error
     );

@@ -155,7 +155,7 @@ impl Scenario for InitialSync {
                 .note("node2's metrics (repld_fsyncs_total), before and after"),
             Figure::new("slave: time in fdatasync", repl.slave.fsync_secs, "s"),
             Figure::new("slave: time applying batches", repl.slave.apply_secs, "s").note(format!(
-                "the sum over {:.0} batches of repld_replication_apply_duration_seconds (decode, hash, write, fdatasync, index)",
+                "the sum over {:.0} batches of repld_replication_apply_duration_seconds (write, fdatasync, index; decoding and hashing run ahead, outside it)",
                 repl.slave.batches
             )),
             Figure::new(

@@ -159,6 +159,33 @@ pub struct ApplyBatch {
     pub master_head: Tid,
 }
 
+/// Replicated changes whose chunks are hashed and framed as records, ready for
+/// [`Engine::apply_ready`].
+pub struct ReadyBatch {
+    chunks: Vec<Vec<u8>>,
+    changes: Vec<Change>,
+    partial: Option<Partial>,
+    master_head: Tid,
+}
+
+impl std::fmt::Debug for ReadyBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyBatch")
+            .field("chunks", &self.chunks.len())
+            .field("changes", &self.changes.len())
+            .field("partial", &self.partial)
+            .field("master_head", &self.master_head)
+            .finish()
+    }
+}
+
+impl ReadyBatch {
+    /// The changes, in TID order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+}
+
 /// A slave's checkpoint after an apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -527,6 +554,13 @@ impl Engine {
     /// hashed here; a change whose chunks did not arrive intact is refused. Changes already
     /// applied are skipped, so a repeated batch is harmless.
     pub fn apply(&self, name: &PfsName, batch: ApplyBatch) -> Result<Checkpoint> {
+        self.apply_ready(name, self.prepare_apply(batch)?)
+    }
+
+    /// The CPU work of [`Engine::apply`]: hashes the received chunks and frames them as records.
+    /// It reads and writes nothing, so a receiver runs it for the next batch while the writer
+    /// makes the previous one durable.
+    pub fn prepare_apply(&self, batch: ApplyBatch) -> Result<ReadyBatch> {
         let bufs = &self.inner.shared.chunk_bufs;
         let chunks = batch
             .chunks
@@ -542,9 +576,20 @@ impl Engine {
                 Ok(frame_received(bufs, d))
             })
             .collect::<Result<Vec<_>>>()?;
+        Ok(ReadyBatch {
+            chunks,
+            changes: batch.changes,
+            partial: batch.partial,
+            master_head: batch.master_head,
+        })
+    }
+
+    /// Applies a batch that [`Engine::prepare_apply`] made ready, durably, with its new
+    /// checkpoint.
+    pub fn apply_ready(&self, name: &PfsName, batch: ReadyBatch) -> Result<Checkpoint> {
         match self.submit(Work::Apply {
             pfs: name.to_string(),
-            chunks,
+            chunks: batch.chunks,
             changes: batch.changes,
             partial: batch.partial,
             master_head: batch.master_head,

@@ -50,7 +50,7 @@ pub use device::{Device, FormatOptions, Superblock};
 pub use digest::{ChildDigest, DIGEST_DOMAIN, PfsDigest};
 pub use engine::{
     ApplyBatch, Attrs, Checkpoint, Committed, Engine, EngineOptions, PfsInfo, PfsOptions,
-    SpaceInfo, Txn,
+    ReadyBatch, SpaceInfo, Txn,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;

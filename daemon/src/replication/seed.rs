@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use repl_agent::{Position, Session as _};
+use repl_agent::{Position, Prepare as _, Session as _};
 use repl_proto::dump::{Checker, DumpError, Frame, PieceReader, parse_piece};
 use repl_proto::pb;
 use repld_engine::{Engine, PfsName, PfsOptions, Role, Tid};
@@ -272,7 +272,14 @@ pub async fn restore(
             skipped += 1;
             continue;
         }
-        session.apply(batch).await?;
+        let preparer = session.preparer();
+        let (batch, ready) = tokio::task::spawn_blocking(move || {
+            let ready = preparer.prepare(&batch);
+            (batch, ready)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        session.apply(batch, ready?).await?;
         applied += 1;
     }
     tracing::info!(pfs = %name, created, applied, skipped, synced = %session.checkpoint(), "restored a dump");

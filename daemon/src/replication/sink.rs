@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use repl_agent::{CheckedBatch, Hello, Position, Rejection, Session, Sink};
-use repld_engine::{ApplyBatch, Engine, Partial, PfsInfo, PfsName, Role, Tid};
+use repl_agent::{CheckedBatch, Hello, Position, Prepare, Rejection, Session, Sink};
+use repld_engine::{ApplyBatch, Engine, Partial, PfsInfo, PfsName, ReadyBatch, Role, Tid};
 use tonic::Status;
 
 use super::store::Upstream;
@@ -182,7 +182,40 @@ impl EngineSession {
     }
 }
 
+/// Decodes a stream's batches and hashes their chunks, ahead of the apply.
+pub struct EnginePrepare {
+    engine: Engine,
+}
+
+impl Prepare for EnginePrepare {
+    type Ready = ReadyBatch;
+
+    fn prepare(&self, batch: &CheckedBatch) -> Result<ReadyBatch, Status> {
+        let decoded = wire::decode(&batch.payload)
+            .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
+        self.engine
+            .prepare_apply(ApplyBatch {
+                chunks: decoded.chunks,
+                changes: decoded.changes,
+                partial: batch
+                    .to
+                    .partial
+                    .map(|(tid, chunks_done)| Partial { tid, chunks_done }),
+                master_head: batch.master_head,
+            })
+            .map_err(status)
+    }
+}
+
 impl Session for EngineSession {
+    type Prepare = EnginePrepare;
+
+    fn preparer(&self) -> EnginePrepare {
+        EnginePrepare {
+            engine: self.sink.engine.clone(),
+        }
+    }
+
     fn checkpoint(&self) -> Position {
         self.checkpoint
     }
@@ -191,9 +224,7 @@ impl Session for EngineSession {
         self.synced_link
     }
 
-    async fn apply(&mut self, batch: CheckedBatch) -> Result<Position, Status> {
-        let decoded = wire::decode(&batch.payload)
-            .map_err(|e| Status::invalid_argument(format!("batch {}: {e}", batch.seq)))?;
+    async fn apply(&mut self, batch: CheckedBatch, ready: ReadyBatch) -> Result<Position, Status> {
         let started = Instant::now();
         let lock = self.sink.lock_for(self.pfs.as_str());
         let _one_at_a_time = lock.lock().await;
@@ -201,14 +232,6 @@ impl Session for EngineSession {
         let pfs = self.pfs.clone();
         let (from, to) = (batch.from, batch.to);
         let seq = batch.seq;
-        let apply = ApplyBatch {
-            chunks: decoded.chunks,
-            changes: decoded.changes,
-            partial: to
-                .partial
-                .map(|(tid, chunks_done)| Partial { tid, chunks_done }),
-            master_head: batch.master_head,
-        };
         let now = tokio::task::spawn_blocking(move || -> Result<Position, Status> {
             // Another stream may have moved the checkpoint since this one read it.
             let current = checkpoint(&engine.pfs(&pfs).map_err(status)?);
@@ -220,13 +243,13 @@ impl Session for EngineSession {
                     "batch {seq} starts at {from} but the slave is at {current}"
                 )));
             }
-            let ends_at = apply.changes.last().map_or(current.synced, |c| c.tid);
+            let ends_at = ready.changes().last().map_or(current.synced, |c| c.tid);
             if ends_at != to.synced {
                 return Err(Status::invalid_argument(format!(
                     "batch {seq} says it leads to {to} but its changes end at {ends_at}"
                 )));
             }
-            let cp = engine.apply(&pfs, apply).map_err(status)?;
+            let cp = engine.apply_ready(&pfs, ready).map_err(status)?;
             let reached = Position {
                 synced: cp.synced,
                 partial: cp.partial.map(|p| (p.tid, p.chunks_done)),
