@@ -437,3 +437,43 @@ fn a_node_killed_mid_restore_keeps_a_consistent_slave_and_the_restore_finishes_w
     tree::make_writable(c.work.path());
     Ok(())
 }
+
+#[test]
+fn a_dump_larger_than_the_devices_free_space_is_refused_before_it_is_spooled() -> Result<()> {
+    let mut c = Cluster::start(2, |i| NodeOptions {
+        device_size: if i == 2 { "32MiB" } else { "512MiB" }.into(),
+        ..NodeOptions::default()
+    })?;
+    let src = c.work.path().join("src");
+    tree::bulk_tree(&src, 20, 96 << 20, 4)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    let file = c.work.path().join("full.dump");
+    dump(&c, "node1:data", None, &file)?;
+    let size = fs::metadata(&file)?.len();
+    ensure!(
+        size > 32 << 20,
+        "the dump is too small to test: {size} bytes"
+    );
+
+    let rt = repl_tests::node::runtime();
+    let before = rt.block_on(StoredState::read(c.node(2)))?;
+    let err = restore_refused(&c, &file, "node2:data")?;
+    ensure!(
+        err.contains("free on this node's device") && err.contains("nothing was written"),
+        "{err}"
+    );
+    let after = rt.block_on(StoredState::read(c.node(2)))?;
+    before.assert_unchanged(&after, "a restore larger than the device")?;
+    ensure!(
+        spools(&mut c, 2)?.is_empty(),
+        "a spool file was left behind"
+    );
+    let out = c.ok(&[&"--json", &"pfs", &"list", &"node2"])?;
+    ensure!(
+        !out.contains("\"data\""),
+        "the restore created the PFS: {out}"
+    );
+    tree::make_writable(c.work.path());
+    Ok(())
+}

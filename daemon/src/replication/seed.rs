@@ -197,9 +197,23 @@ pub async fn restore(
     );
     let spool_err = |e: std::io::Error| Status::internal(format!("the restore spool: {e}"));
     out.write_all(&first.data).map_err(spool_err)?;
+    // A dump larger than the device's free space cannot be applied: refuse it before it fills
+    // the data directory with a spool. (Chunks the device already holds are not stored twice,
+    // so this is conservative for an incremental dump of content the slave mostly has.)
+    let free = sink.engine.space().free_bytes();
+    let mut spooled = first.data.len() as u64;
     let mut boundaries = vec![from];
     while let Some(msg) = inbound.next().await {
         let msg = msg?;
+        spooled += msg.data.len() as u64;
+        if spooled > free {
+            return Err(Status::resource_exhausted(format!(
+                "the dump holds more than the {:.1} MiB free on this node's device ({:.1} MiB of it read so far): \
+                 free space on the device (prune, destroy a PFS) or restore onto a larger node; nothing was written",
+                free as f64 / f64::from(1 << 20),
+                spooled as f64 / f64::from(1 << 20),
+            )));
+        }
         let frame = parse_piece(false, &msg.data).map_err(invalid)?;
         checker.next(&frame).map_err(invalid)?;
         if let Frame::Batch(b) = frame {
