@@ -23,7 +23,8 @@ pub use backoff::Backoff;
 pub use position::Position;
 pub use receiver::{CheckedBatch, Hello, Limits, Prepare, Rejection, Session, Sink};
 pub use sender::{
-    Connect, Inbound, PairingStatus, Payload, Progress, SenderConfig, Source, StreamState,
+    Connect, Inbound, PairingStatus, Payload, Progress, SLAVE_FULL, SenderConfig, Source,
+    StreamState,
 };
 pub use throttle::{Limiter, Throttle};
 

@@ -109,6 +109,11 @@ pub trait Source: Send + Sync + 'static {
 /// How the error of a stream refused for divergence starts (the pairing shows `diverged`).
 pub const DIVERGED: &str = "diverged:";
 
+/// How the message of the `RESOURCE_EXHAUSTED` status starts that a slave ends a stream with
+/// when its device is full (the pairing shows `slave-full`, and the sender retries with
+/// back-off until the slave has room again).
+pub const SLAVE_FULL: &str = "slave device full:";
+
 /// What the slave sends back.
 pub type Inbound = Pin<Box<dyn Stream<Item = Result<pb::ReceiverMessage, Status>> + Send>>;
 
@@ -133,6 +138,9 @@ pub enum StreamState {
     /// The slave's history is not a prefix of the master's: nothing is sent until the operator
     /// pairs again (with `--rollback`) or unpairs. Retried with back-off meanwhile.
     Diverged,
+    /// The slave's device is full: its last apply was refused and nothing of it was written.
+    /// Retried with back-off, so that the stream resumes by itself once space is freed there.
+    SlaveFull,
     /// The master PFS was downgraded to a slave: the pairing sends nothing.
     Downgraded,
     /// The pairing was removed or the node is stopping.
@@ -147,6 +155,7 @@ impl StreamState {
             StreamState::Streaming => "streaming",
             StreamState::Backoff => "backoff",
             StreamState::Diverged => "diverged",
+            StreamState::SlaveFull => "slave-full",
             StreamState::Downgraded => "downgraded",
             StreamState::Stopped => "stopped",
         }
@@ -288,13 +297,15 @@ pub async fn run<S: Source, C: Connect>(
         }
         let delay = backoff.next_delay();
         tracing::warn!(master = %cfg.master_pfs, slave = %cfg.slave_pfs, error = %err, retry_in = ?delay, "replication stream ended");
-        let diverged = err.starts_with(DIVERGED);
+        let state = if err.starts_with(DIVERGED) {
+            StreamState::Diverged
+        } else if is_slave_full(&err) {
+            StreamState::SlaveFull
+        } else {
+            StreamState::Backoff
+        };
         status.update(|p| {
-            p.state = if diverged {
-                StreamState::Diverged
-            } else {
-                StreamState::Backoff
-            };
+            p.state = state;
             p.reconnects += 1;
             p.last_error = Some(err);
             p.rate = 0.0;
@@ -613,6 +624,12 @@ async fn produce<S: Source>(
             }
         }
     }
+}
+
+/// Whether a stream ended because the slave's device is full ([`SLAVE_FULL`]).
+fn is_slave_full(err: &str) -> bool {
+    err.strip_prefix("ResourceExhausted: ")
+        .is_some_and(|m| m.starts_with(SLAVE_FULL))
 }
 
 fn describe(s: Status) -> String {

@@ -63,6 +63,20 @@ pub enum PairSetCommand {
         #[arg(long, value_parser = crate::output::parse_size, value_name = "RATE")]
         bandwidth: u64,
     },
+    /// Full resync of a slave that needs one (state `needs-resync`, after a forced prune on the
+    /// master): the slave PFS is emptied, receives a full copy of the master at its current head,
+    /// then streams incrementally again. The slave's old content (and its snapshots) are gone;
+    /// it reads nothing until the copy has wholly arrived. Run it again if it was interrupted.
+    ///
+    /// Example: replctl pair resync node1:data node2:data
+    Resync {
+        /// NODE:PFS of the master.
+        #[arg(value_parser = Target::parse)]
+        master: Target,
+        /// NODE:PFS of the slave.
+        #[arg(value_parser = Target::parse)]
+        slave: Target,
+    },
 }
 
 /// `replctl unpair MASTER SLAVE`.
@@ -175,13 +189,16 @@ async fn admin(
 /// Pairs: the slave's node accepts the master (creating the slave PFS), then the master's node
 /// stores the pairing and starts streaming.
 pub async fn pair(ctx: &Ctx, a: PairArgs) -> Result<()> {
-    if let Some(PairSetCommand::Set {
-        master,
-        slave,
-        bandwidth,
-    }) = a.set
-    {
-        return pair_set(ctx, &master, &slave, bandwidth).await;
+    match a.set {
+        Some(PairSetCommand::Set {
+            master,
+            slave,
+            bandwidth,
+        }) => return pair_set(ctx, &master, &slave, bandwidth).await,
+        Some(PairSetCommand::Resync { master, slave }) => {
+            return resync(ctx, &master, &slave).await;
+        }
+        None => {}
     }
     let (Some(master), Some(slave)) = (a.master, a.slave) else {
         bail!(UsageError("give MASTER and SLAVE, as NODE:PFS".into()));
@@ -269,6 +286,82 @@ async fn pair_set(ctx: &Ctx, master: &Target, slave: &Target, bandwidth: u64) ->
     Ok(())
 }
 
+#[derive(Debug, Serialize)]
+struct ResyncJson {
+    master: String,
+    slave: String,
+    base_tid: String,
+    entries: u64,
+    bytes: u64,
+    replaced: bool,
+}
+
+/// `pair resync`: the master parks the pairing and fixes the copy's TID (held from then on),
+/// the slave's node empties the slave PFS for that copy, and the master streams the copy, then
+/// what follows. Each step is durable before the next; a crash between them leaves the pairing
+/// in `needs-resync`, and running the command again starts over.
+async fn resync(ctx: &Ctx, master: &Target, slave: &Target) -> Result<()> {
+    let Ends {
+        mut m,
+        mut s,
+        master_node,
+        slave_node,
+    } = Ends::connect(ctx, master, slave).await?;
+    let request = |start: bool, base_tid: u64| pb::PairResyncRequest {
+        master_pfs: master.pfs.to_string(),
+        slave_node: slave_node.clone(),
+        slave_pfs: slave.pfs.to_string(),
+        start,
+        base_tid,
+    };
+    let plan = m
+        .pair_resync(request(false, 0))
+        .await
+        .context("the master's node refused the resync")?
+        .into_inner();
+    let base = Tid(plan.base_tid);
+    let (ml, sl) = (
+        format!("{master_node}:{}", master.pfs),
+        format!("{slave_node}:{}", slave.pfs),
+    );
+    if !ctx.quiet {
+        eprintln!(
+            "resync {ml} -> {sl}: {sl} is emptied and receives a full copy of {ml} at {} \
+             ({} entries, {} of file content), then streams incrementally",
+            crate::output::tid(base),
+            plan.entries,
+            crate::output::bytes(plan.bytes),
+        );
+    }
+    let reset = s
+        .pfs_resync_reset(pb::PfsResyncResetRequest {
+            name: slave.pfs.to_string(),
+            shared_uuid: plan.shared_uuid.clone(),
+            base_tid: plan.base_tid,
+        })
+        .await
+        .context("the slave's node refused to empty the slave PFS")?
+        .into_inner();
+    m.pair_resync(request(true, plan.base_tid))
+        .await
+        .context("the master's node did not start the resync (run the command again)")?;
+    let json = ResyncJson {
+        master: ml.clone(),
+        slave: sl.clone(),
+        base_tid: base.to_string(),
+        entries: plan.entries,
+        bytes: plan.bytes,
+        replaced: reset.replaced,
+    };
+    ctx.out.emit(&json, || {
+        format!(
+            "{sl} {} and streaming the full copy; `replctl status` shows `resyncing` until it \
+             reaches {base}, `replctl wait-sync {ml} {sl}` waits for it\n",
+            if reset.replaced { "emptied" } else { "created" }
+        )
+    })
+}
+
 /// Unpairs on both nodes.
 pub async fn unpair(ctx: &Ctx, a: UnpairArgs) -> Result<()> {
     let Ends {
@@ -328,6 +421,7 @@ struct PairingJson {
     last_error: Option<String>,
     needs_resync: bool,
     hold_tid: String,
+    resync_tid: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -339,6 +433,8 @@ struct SlaveJson {
     lag_seconds: f64,
     batches_applied: u64,
     batches_rejected: u64,
+    state: String,
+    last_error: Option<String>,
 }
 
 /// Shows the pairings a node feeds and the slaves it holds.
@@ -377,6 +473,7 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<()> {
                     last_error: (!p.last_error.is_empty()).then(|| p.last_error.clone()),
                     needs_resync: p.needs_resync,
                     hold_tid: Tid(p.hold_tid).to_string(),
+                    resync_tid: (p.resync_tid != 0).then(|| Tid(p.resync_tid).to_string()),
                 })
                 .collect(),
             slaves: r
@@ -390,6 +487,8 @@ pub async fn status(ctx: &Ctx, a: StatusArgs) -> Result<()> {
                     lag_seconds: s.lag_seconds,
                     batches_applied: s.batches_applied,
                     batches_rejected: s.batches_rejected,
+                    state: s.state.clone(),
+                    last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
                 })
                 .collect(),
         };
@@ -430,22 +529,33 @@ fn print_status(s: &StatusJson) {
         if p.needs_resync {
             println!(
                 "  {} needs a full resync: a forced prune removed changes it had not confirmed; \
-                 it does not stream (see docs/operations.md, Holds)",
-                p.slave
+                 it does not stream. Run `replctl pair resync NODE:{} {}` (docs/operations.md, Holds)",
+                p.slave, p.master, p.slave
             );
         }
     }
     for v in &s.slaves {
         println!(
-            "{} <- {}  synced {}  master head {}  lag {:.1}s  applied {}  rejected {}",
+            "{} <- {}  {}  synced {}  master head {}  lag {:.1}s  applied {}  rejected {}{}",
             v.slave,
             v.masters.join(","),
+            v.state,
             v.synced_tid,
             v.master_head_tid,
             v.lag_seconds,
             v.batches_applied,
-            v.batches_rejected
+            v.batches_rejected,
+            v.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!("  last error: {e}"))
         );
+        if v.state == "slave-full" {
+            println!(
+                "  this node's device is full: {} receives nothing until space is freed here; \
+                 the master retries by itself (docs/operations.md, Full device)",
+                v.slave
+            );
+        }
     }
 }
 

@@ -160,6 +160,7 @@ impl Metrics {
         let mut since = Vec::new();
         let mut resync = Vec::new();
         let mut hold = Vec::new();
+        let mut full = Vec::new();
         for r in &rows {
             let l = vec![
                 ("role", "master"),
@@ -183,6 +184,10 @@ impl Metrics {
             throttle.push((l.clone(), p.throttle_wait.as_secs_f64()));
             limit.push((l.clone(), r.pairing.bandwidth.unwrap_or(0) as f64));
             resync.push((l.clone(), f64::from(u8::from(r.pairing.needs_resync))));
+            full.push((
+                l.clone(),
+                f64::from(u8::from(p.state == repl_agent::StreamState::SlaveFull)),
+            ));
             hold.push((l.clone(), r.hold.as_secs_f64()));
             since.push((
                 l,
@@ -203,6 +208,7 @@ impl Metrics {
             lag.push((l.clone(), row.lag_secs));
             synced.push((l.clone(), row.synced.as_secs_f64()));
             head.push((l.clone(), view.master_head.as_secs_f64()));
+            full.push((l.clone(), f64::from(u8::from(view.full))));
             applied.push((
                 vec![
                     ("pfs", up_.slave_pfs.as_str()),
@@ -233,6 +239,11 @@ impl Metrics {
             "repld_replication_needs_resync",
             "1 when a forced prune removed changes this slave had not confirmed: the pairing does not stream until the slave is resynced (docs/operations.md).",
             resync,
+        ));
+        out.push(gauge(
+            "repld_replication_slave_full",
+            "1 when the slave's device is full: its last apply was refused, nothing of it was written, and the master retries until space is freed on the slave (role=master: as the sender saw it; role=slave: as the slave's node saw it).",
+            full,
         ));
         out.push(gauge(
             "repld_replication_hold_tid_seconds",

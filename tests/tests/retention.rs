@@ -1,6 +1,8 @@
 //! End-to-end retention: `replctl pfs set --retention`, `replctl prune` (dry run, holds,
-//! `--force`) on real nodes, reads at pruned TIDs, a prune that survives an index rebuild, and a
-//! stopped slave that a prune on its master must not leave behind.
+//! `--force`) on real nodes, reads at pruned TIDs, a prune that survives an index rebuild, a
+//! stopped slave that a prune on its master must not leave behind, and the full resync
+//! (`replctl pair resync`) of a slave that a forced prune did leave behind, also when either
+//! node is killed in the middle of it.
 
 use std::fs;
 use std::time::Duration;
@@ -117,7 +119,8 @@ fn prune_applies_the_policy_reads_say_pruned_and_an_index_rebuild_agrees() -> Re
 }
 
 #[test]
-fn a_prune_keeps_what_a_stopped_slave_needs_and_force_makes_it_need_a_resync() -> Result<()> {
+fn a_prune_keeps_what_a_stopped_slave_needs_and_force_makes_it_need_a_resync_which_the_resync_repairs()
+-> Result<()> {
     let mut c = Cluster::start(2, |_| NodeOptions::default())?;
     c.ok(&[&"pfs", &"create", &"node1:data"])?;
     for i in 0..8 {
@@ -228,5 +231,151 @@ fn a_prune_keeps_what_a_stopped_slave_needs_and_force_makes_it_need_a_resync() -
     c.node(1).launch()?;
     std::thread::sleep(Duration::from_millis(200));
     ensure!(c.pairing("node1", "node2:data")?["state"] == "needs-resync");
+
+    // The slave is back but does not stream; the master goes on committing.
+    c.node(2).launch()?;
+    put(&c, b"after the forced prune", "node1:data/g")?;
+    ensure!(c.pairing("node1", "node2:data")?["state"] == "needs-resync");
+    // The documented resync: a full copy of the master at its head, then incremental again.
+    let resync = json(&c, &["pair", "resync", "node1:data", "node2:data"])?;
+    ensure!(
+        resync["entries"] == 10
+            && resync["bytes"].as_u64() >= Some(8 * 200_000)
+            && resync["replaced"] == true,
+        "the resync says what it sends: {resync}"
+    );
+    let base = resync["base_tid"].as_str().context("base_tid")?.to_owned();
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", false)?;
+    c.verify_match("node1:data", "node2:data", true)?;
+    let row = c.wait_pairing("node1", "node2:data", "streaming after the resync", |r| {
+        r["state"] == "streaming"
+    })?;
+    ensure!(row["needs_resync"] == false, "{row}");
+    let g = c.ok(&[&"cat", &"node2:data/g"])?;
+    ensure!(g == "after the forced prune", "the slave's copy: {g:?}");
+    // What the slave held before the copy's TID is not readable there (never a mix).
+    read_says_pruned(&c, "node2:data/f", &while_down[0])?;
+    ensure!(
+        first_tid_lt(&while_down[0], &base),
+        "the copy is newer than the old content"
+    );
+    let (_, metrics) = c.node(1).metrics_get("/metrics")?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("repld_replication_needs_resync{")
+                && l.contains("peer_pfs=\"data\"")
+                && l.ends_with(" 0")),
+        "the metric is back to 0: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("needs_resync"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // And then incrementally, as any pairing.
+    let sent_before = c.pairing("node1", "node2:data")?["bytes_sent"]
+        .as_u64()
+        .context("bytes_sent")?;
+    put(&c, b"incremental again", "node1:data/g")?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", false)?;
+    let sent = c.pairing("node1", "node2:data")?["bytes_sent"]
+        .as_u64()
+        .context("bytes_sent")?
+        - sent_before;
+    ensure!(sent < 10_000, "{sent} bytes for one small change");
+    // A healthy pairing is not resynced by mistake.
+    let refused = run_output(
+        &mut c.replctl(&[&"pair", &"resync", &"node1:data", &"node2:data"]),
+        CLI_TIMEOUT,
+    )?;
+    ensure!(
+        refused.status.code() == Some(1)
+            && String::from_utf8_lossy(&refused.stderr).contains("does not need a resync"),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+/// Whether TID `a` (as `replctl` prints it) is before `b`.
+fn first_tid_lt(a: &str, b: &str) -> bool {
+    let n = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(u64::MAX);
+    n(a) < n(b)
+}
+
+/// A forced prune, then a resync that SIGKILL interrupts on the slave's node and then on the
+/// master's: the slave never reads as a mix (nothing is readable there until the copy is
+/// whole), and the resync completes after each restart without being run again.
+#[test]
+fn a_resync_killed_on_either_node_completes_and_never_shows_a_mix() -> Result<()> {
+    let mut c = Cluster::start(2, |_| NodeOptions::default())?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    for i in 0..6 {
+        put(&c, &vec![b'k' + i; 300_000], &format!("node1:data/big{i}"))?;
+    }
+    // Slow enough (256 KiB/s, about 7 s for the copy) to be caught in the middle.
+    c.ok(&[
+        &"pair",
+        &"node1:data",
+        &"node2:data",
+        &"--bandwidth",
+        &"256KiB",
+    ])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.ok(&[&"pfs", &"set", &"node1:data", &"--retention", &"0s"])?;
+    c.node(2).stop()?;
+    put(&c, b"one", "node1:data/f")?;
+    put(&c, b"two", "node1:data/f")?;
+    let forced = json(&c, &["prune", "node1:data", "--force"])?;
+    ensure!(
+        forced["needs_resync"] == serde_json::json!(["node2:data"]),
+        "{forced}"
+    );
+    c.node(2).launch()?;
+    let sent0 = c.pairing("node1", "node2:data")?["bytes_sent"]
+        .as_u64()
+        .context("bytes_sent")?;
+    let resync = json(&c, &["pair", "resync", "node1:data", "node2:data"])?;
+    let base = resync["base_tid"].as_str().context("base_tid")?.to_owned();
+
+    let progressed = |c: &Cluster, at_least: u64| -> Result<()> {
+        c.wait_pairing("node1", "node2:data", "the copy to progress", |r| {
+            r["state"] == "resyncing" && r["bytes_sent"].as_u64() >= Some(sent0 + at_least)
+        })
+        .map(drop)
+    };
+    progressed(&c, 300_000)?;
+    c.node(2).kill()?;
+    c.node(2).launch()?;
+    // Part of the copy is there, none of it readable: the head lies before the copy's TID.
+    let slave = json(&c, &["status", "node2"])?;
+    let synced = slave["slaves"][0]["synced_tid"].as_str().unwrap_or("?");
+    ensure!(
+        first_tid_lt(synced, &base),
+        "the slave is inside the copy: {slave}"
+    );
+    let st = json(&c, &["pfs", "status", "node2:data"])?;
+    ensure!(st["files"] == 0, "status shows no content mid-copy: {st}");
+    let out = run_output(&mut c.replctl(&[&"cat", &"node2:data/big0"]), CLI_TIMEOUT)?;
+    ensure!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr).contains("has been pruned")
+            && out.stdout.is_empty(),
+        "a slave in the middle of its copy reads nothing: {out:?}"
+    );
+    // The master is killed in its turn, and the copy still completes.
+    progressed(&c, 900_000)?;
+    c.node(1).kill()?;
+    c.node(1).launch()?;
+    put(&c, b"after the kills", "node1:data/f")?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", true)?;
+    let row = c.pairing("node1", "node2:data")?;
+    ensure!(
+        row["state"] == "streaming" && row["needs_resync"] == false,
+        "{row}"
+    );
     Ok(())
 }

@@ -394,8 +394,14 @@ pub(crate) fn replicated(
             ))),
         };
     }
+    // A slave whose head lies in its own pruned history is receiving a full copy of its
+    // master (`Engine::begin_base`): the copy's changes carry the versions live at the copy's
+    // TID under their create TIDs, and the master's links there, which this slave cannot
+    // recompute. Nothing before the copy's TID is readable meanwhile, and the chain is checked
+    // again from it on.
+    let base = pfs.pruned_at(pfs.head).is_some();
     let expect = Change::next_chain(&pfs.head_chain, change.tid, &change.ops);
-    if expect != change.chain {
+    if !base && expect != change.chain {
         return Err(diverged(format!(
             "history chain mismatch after the slave's head {}",
             pfs.head
@@ -480,11 +486,20 @@ pub(crate) enum PfsCommand {
         name: String,
         to: Tid,
     },
+    /// An empty slave about to receive a full copy of its master at `until` (a resync): its
+    /// history before `until` is unreadable, and changes arrive with their master's links.
+    BeginBase {
+        name: String,
+        until: Tid,
+    },
 }
 
 impl PfsCommand {
     pub fn frees_space(&self) -> bool {
-        !matches!(self, PfsCommand::Create { .. })
+        !matches!(
+            self,
+            PfsCommand::Create { .. } | PfsCommand::BeginBase { .. }
+        )
     }
 }
 
@@ -587,6 +602,28 @@ pub(crate) fn pfs_command(kv: &dyn KvRead, cmd: &PfsCommand, now: Tid) -> Result
                 id: p.id,
                 to: *to,
                 chain: schema::link_at(kv, p.id, *to)?.1,
+            }
+        }
+        PfsCommand::BeginBase { name, until } => {
+            let p = existing(name)?;
+            if p.role != Role::Slave || p.head != Tid::ZERO || p.partial.is_some() {
+                return Err(Error::Invalid(format!(
+                    "PFS `{name}` must be an empty slave to receive a full copy (it is a {} at {})",
+                    if p.role == Role::Slave {
+                        "slave"
+                    } else {
+                        "master"
+                    },
+                    p.head
+                )));
+            }
+            if *until == Tid::ZERO {
+                return Err(Error::Invalid("a full copy needs a TID after 0".into()));
+            }
+            // The same event a prune writes: replay and an index rebuild agree.
+            PfsEvent::Prune {
+                id: p.id,
+                ranges: vec![(Tid::ZERO, *until)],
             }
         }
     };

@@ -87,6 +87,20 @@ impl Engine {
         self.configure_pfs(name, Some(Role::Slave), None)
     }
 
+    /// Prepares an empty slave for a full copy of its master at `until` (a resync after its
+    /// master pruned history it lacked), durably: its history before `until` becomes
+    /// unreadable (reads there, and at its head until the copy arrives, say `pruned`), and the
+    /// replicated changes up to `until` are taken with the master's links as they come: they
+    /// carry the versions live at `until` under their create TIDs, not the master's commits. From
+    /// `until` on, the chain is checked as for any slave.
+    pub fn begin_base(&self, name: &PfsName, until: Tid) -> Result<PfsInfo> {
+        self.submit(Work::Pfs(PfsCommand::BeginBase {
+            name: name.to_string(),
+            until,
+        }))?;
+        self.pfs(name)
+    }
+
     /// Discards every commit after `to`, durably, as one log record: the PFS reads as it did at
     /// `to` and its head becomes `to`. Refused when the history at `to` is pruned. For the
     /// target of a fail-back whose history diverged (`replctl pair --rollback`).

@@ -158,21 +158,15 @@ impl Replication {
     /// Starts the sender of `p` (a halted pairing, or one that needs a resync, only shows in
     /// status).
     async fn spawn(&self, p: Pairing) -> Result<(), Status> {
-        let parked = if p.needs_resync {
-            Some(repl_agent::Progress {
-                last_error: Some(
-                    "a forced prune removed changes this slave had not confirmed: it needs a full resync"
-                        .to_owned(),
-                ),
-                ..repl_agent::Progress::default()
-            })
-        } else {
-            p.halted.as_ref().map(|why| repl_agent::Progress {
-                state: repl_agent::StreamState::Downgraded,
-                last_error: Some(why.clone()),
-                ..repl_agent::Progress::default()
-            })
-        };
+        if p.needs_resync {
+            self.park(p);
+            return Ok(());
+        }
+        let parked = p.halted.as_ref().map(|why| repl_agent::Progress {
+            state: repl_agent::StreamState::Downgraded,
+            last_error: Some(why.clone()),
+            ..repl_agent::Progress::default()
+        });
         if let Some(progress) = parked {
             self.lock_running().push(Running {
                 limiter: Arc::new(Limiter::new(p.bandwidth)),
@@ -209,6 +203,7 @@ impl Replication {
             engine: self.engine.clone(),
             pfs,
             head,
+            base: p.resync_base.map(source::Base::new),
         });
         let throttle = Throttle {
             pairing: Arc::clone(&limiter),
@@ -574,10 +569,12 @@ impl Replication {
         let mut store = self.lock_store();
         let mut next = store.settings.clone();
         let mut out = Vec::new();
+        // A pairing that needs a resync holds nothing, unless its resync has chosen the TID of
+        // its full copy (held from then on).
         for p in next
             .pairings
             .iter_mut()
-            .filter(|p| p.master_pfs == master_pfs && !p.needs_resync)
+            .filter(|p| p.master_pfs == master_pfs && (!p.needs_resync || p.resync_base.is_some()))
         {
             let progress = live
                 .iter()
@@ -585,6 +582,11 @@ impl Replication {
             let tid = progress.map_or(p.confirmed.unwrap_or(Tid::ZERO), |(_, pr)| confirmed(p, pr));
             if tid > Tid::ZERO && Some(tid) != p.confirmed {
                 p.confirmed = Some(tid);
+            }
+            // A resync whose copy the slave has confirmed is over.
+            let live = progress.and_then(|(_, pr)| pr.acked).map(|a| a.synced);
+            if !p.needs_resync && p.resync_base.is_some_and(|b| live.is_some_and(|l| l >= b)) {
+                p.resync_base = None;
             }
             out.push((p.clone(), tid));
         }
@@ -608,16 +610,238 @@ impl Replication {
         let mut next = store.settings.clone();
         for p in next.pairings.iter_mut().filter(|p| hit(p)) {
             p.needs_resync = true;
+            p.resync_base = None;
         }
         store
             .save(next)
             .map_err(|e| Status::internal(format!("{e:#}")))?;
         drop(store);
-        for r in self.lock_running().iter_mut().filter(|r| hit(&r.pairing)) {
-            r.pairing.needs_resync = true;
-            r.stop.send_replace(true);
+        let mut parked = Vec::new();
+        self.lock_running().retain(|r| {
+            if hit(&r.pairing) {
+                r.stop.send_replace(true);
+                parked.push(Pairing {
+                    needs_resync: true,
+                    resync_base: None,
+                    ..r.pairing.clone()
+                });
+                return false;
+            }
+            true
+        });
+        for p in parked {
+            self.park(p);
         }
         Ok(())
+    }
+
+    /// Shows `p` (which needs a resync) in status without a sender.
+    fn park(&self, p: Pairing) {
+        let why = if p.resync_base.is_some() {
+            "a full resync is being prepared: if `replctl pair resync` was interrupted, run it again"
+                .to_owned()
+        } else {
+            format!(
+                "a forced prune removed changes this slave had not confirmed: it needs a full resync \
+                 (`replctl pair resync NODE:{} {}:{}`)",
+                p.master_pfs, p.slave_node, p.slave_pfs
+            )
+        };
+        self.lock_running().push(Running {
+            limiter: Arc::new(Limiter::new(p.bandwidth)),
+            status: Arc::new(PairingStatus::fixed(repl_agent::Progress {
+                last_error: Some(why),
+                ..repl_agent::Progress::default()
+            })),
+            pairing: p,
+            stop: watch::channel(true).0,
+        });
+    }
+
+    /// `pair resync`, first step on the master's node: parks the pairing (its sender stops)
+    /// and fixes the TID of the slave's full copy at the master PFS's head, held from now on
+    /// (saved before anything else happens, so that a crash leaves a pairing that needs a
+    /// resync, and running the command again starts over). Refused for a pairing that streams
+    /// incrementally: a resync replaces the slave's content. Returns the pairing, and the copy's
+    /// TID and size (entries, bytes).
+    pub async fn resync_prepare(
+        &self,
+        master_pfs: &str,
+        slave_node: &str,
+        slave_pfs: &str,
+    ) -> Result<(Pairing, Tid, [u8; 16], u64, u64), Status> {
+        let name = PfsName::new(master_pfs.to_owned())
+            .map_err(|e| Status::invalid_argument(format!("master PFS: {e}")))?;
+        let info = self.engine.pfs(&name).map_err(crate::service::status)?;
+        let base = info.head;
+        let pairing = {
+            let mut store = self.lock_store();
+            let mut next = store.settings.clone();
+            let p = next
+                .pairings
+                .iter_mut()
+                .find(|x| x.is(master_pfs, slave_node, slave_pfs))
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "{master_pfs} is not paired with {slave_node}:{slave_pfs} on this node"
+                    ))
+                })?;
+            let copied = p.resync_base.is_some_and(|b| {
+                self.lock_running()
+                    .iter()
+                    .find(|r| r.pairing.is(master_pfs, slave_node, slave_pfs))
+                    .and_then(|r| r.status.snapshot().acked)
+                    .is_some_and(|a| a.synced >= b)
+            });
+            if !p.needs_resync && (p.resync_base.is_none() || copied) {
+                return Err(Status::failed_precondition(format!(
+                    "the pairing {master_pfs} -> {slave_node}:{slave_pfs} does not need a resync: it \
+                     streams incrementally (a resync would replace the slave's content with a full copy)"
+                )));
+            }
+            if p.halted.is_some() {
+                return Err(Status::failed_precondition(format!(
+                    "{master_pfs} was downgraded to a slave: upgrade it before resyncing its slaves"
+                )));
+            }
+            p.needs_resync = true;
+            p.resync_base = Some(base);
+            p.confirmed = Some(base);
+            let p = p.clone();
+            store
+                .save(next)
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+            p
+        };
+        let hit = |r: &Running| r.pairing.is(master_pfs, slave_node, slave_pfs);
+        self.lock_running().retain(|r| {
+            if hit(r) {
+                r.stop.send_replace(true);
+            }
+            !hit(r)
+        });
+        self.park(pairing.clone());
+        let (entries, bytes) = {
+            let engine = self.engine.clone();
+            crate::service::blocking(move || source::base_size(&engine, &name, base)).await?
+        };
+        tracing::warn!(master = %master_pfs, slave = %format!("{slave_node}:{slave_pfs}"), base = %base, entries, bytes, "resync prepared: the pairing is parked until the slave is emptied");
+        Ok((pairing, base, info.shared_uuid, entries, bytes))
+    }
+
+    /// `pair resync`, last step on the master's node, once the slave's node has emptied the
+    /// slave PFS for the copy of `base`: the pairing streams again, the full copy first.
+    pub async fn resync_start(
+        &self,
+        master_pfs: &str,
+        slave_node: &str,
+        slave_pfs: &str,
+        base: Tid,
+    ) -> Result<Pairing, Status> {
+        let pairing = {
+            let mut store = self.lock_store();
+            let mut next = store.settings.clone();
+            let p = next
+                .pairings
+                .iter_mut()
+                .find(|x| x.is(master_pfs, slave_node, slave_pfs))
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "{master_pfs} is not paired with {slave_node}:{slave_pfs} on this node"
+                    ))
+                })?;
+            if p.resync_base != Some(base) {
+                return Err(Status::failed_precondition(format!(
+                    "the resync of {master_pfs} -> {slave_node}:{slave_pfs} was prepared for {} \
+                     (or was broken by a forced prune since): run `replctl pair resync` again",
+                    p.resync_base
+                        .map_or_else(|| "no TID".to_owned(), |t| t.to_string())
+                )));
+            }
+            p.needs_resync = false;
+            let p = p.clone();
+            store
+                .save(next)
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
+            p
+        };
+        self.lock_running()
+            .retain(|r| !r.pairing.is(master_pfs, slave_node, slave_pfs));
+        self.spawn(pairing.clone()).await?;
+        tracing::warn!(master = %master_pfs, slave = %format!("{slave_node}:{slave_pfs}"), base = %base, "resync started: the full copy streams first");
+        Ok(pairing)
+    }
+
+    /// `pair resync` on the slave's node: replaces slave PFS `name` (which must be a slave of
+    /// `shared_uuid`, accepted from a master, or absent) by an empty one that takes a full copy
+    /// at `base`, keeping its retention policy. Its old content is gone at once: from the
+    /// destroy on, the PFS reads nothing until the copy has wholly arrived (a crash in between
+    /// leaves a missing or empty slave, and the resync is run again). Returns the new PFS and
+    /// whether one was replaced.
+    pub async fn resync_reset(
+        &self,
+        name: &PfsName,
+        shared_uuid: [u8; 16],
+        base: Tid,
+    ) -> Result<(PfsInfo, bool), Status> {
+        let accepted = self
+            .sink
+            .upstreams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|u| u.slave_pfs == name.as_str());
+        if !accepted {
+            return Err(Status::failed_precondition(format!(
+                "PFS {name} on this node accepts no master: pair it with `replctl pair` first"
+            )));
+        }
+        let lock = self.sink.lock_for(name.as_str());
+        let _no_apply = lock.lock().await;
+        let engine = self.engine.clone();
+        let pfs = name.clone();
+        let out = crate::service::blocking(move || {
+            let old = match engine.pfs(&pfs) {
+                Ok(info) => Some(info),
+                Err(repld_engine::Error::NoSuchPfs(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(o) = &old {
+                if o.role != repld_engine::Role::Slave || o.shared_uuid != shared_uuid {
+                    return Err(repld_engine::Error::Invalid(format!(
+                        "PFS `{pfs}` on this node is {}: a resync only replaces a slave of the same pair",
+                        if o.role == repld_engine::Role::Slave {
+                            "a slave of another master (another shared UUID)"
+                        } else {
+                            "a master"
+                        }
+                    )));
+                }
+                engine.destroy_pfs(&pfs)?;
+            }
+            engine.create_pfs(
+                &pfs,
+                repld_engine::PfsOptions {
+                    role: repld_engine::Role::Slave,
+                    nohistory: false,
+                    shared_uuid: Some(shared_uuid),
+                },
+            )?;
+            if let Some(o) = &old
+                && o.retention != repld_engine::Retention::Forever
+            {
+                engine.set_retention(&pfs, o.retention.clone())?;
+            }
+            Ok((engine.begin_base(&pfs, base)?, old.is_some()))
+        })
+        .await?;
+        self.sink
+            .views
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name.as_str());
+        tracing::warn!(pfs = %name, base = %base, replaced = out.1, "emptied a slave PFS for a full resync");
+        Ok(out)
     }
 
     /// Records the result of a verify of a pairing this node feeds (kept until restart).

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use repl_agent::{CheckedBatch, Hello, Position, Prepare, Rejection, Session, Sink};
+use repl_agent::{CheckedBatch, Hello, Position, Prepare, Rejection, SLAVE_FULL, Session, Sink};
 use repld_engine::{ApplyBatch, Engine, Partial, PfsInfo, PfsName, ReadyBatch, Role, Tid};
 use tonic::Status;
 
@@ -33,6 +33,11 @@ pub struct SlaveView {
     pub apply_latency: Arc<repld_engine::LatencyHistogram>,
     /// Streams open into the PFS now.
     pub streams: usize,
+    /// Why the last apply failed, until one succeeds.
+    pub last_error: Option<String>,
+    /// The last apply found this node's device full (nothing of it was written): the master
+    /// retries until space is freed here.
+    pub full: bool,
 }
 
 impl SlaveView {
@@ -40,6 +45,17 @@ impl SlaveView {
     /// `recent` (a stream that is reconnecting). `pfs upgrade` refuses then, unless forced.
     pub fn receiving(&self, recent: std::time::Duration) -> bool {
         self.streams > 0 || self.heartbeat_at.is_some_and(|t| t.elapsed() < recent)
+    }
+
+    /// The word status shows: `slave-full`, `receiving` (a stream is open) or `idle`.
+    pub fn state(&self) -> &'static str {
+        if self.full {
+            "slave-full"
+        } else if self.streams > 0 {
+            "receiving"
+        } else {
+            "idle"
+        }
     }
 }
 
@@ -249,7 +265,15 @@ impl Session for EngineSession {
                     "batch {seq} says it leads to {to} but its changes end at {ends_at}"
                 )));
             }
-            let cp = engine.apply_ready(&pfs, ready).map_err(status)?;
+            let cp = engine.apply_ready(&pfs, ready).map_err(|e| match e {
+                // Nothing of the batch was written: the master keeps it and retries.
+                repld_engine::Error::DeviceFull { .. } => Status::resource_exhausted(format!(
+                    "{SLAVE_FULL} batch {seq} does not fit on the slave's node ({e}); the \
+                     slave applies nothing more until space is freed there, and the master \
+                     retries by itself"
+                )),
+                e => status(e),
+            })?;
             let reached = Position {
                 synced: cp.synced,
                 partial: cp.partial.map(|p| (p.tid, p.chunks_done)),
@@ -262,11 +286,28 @@ impl Session for EngineSession {
             Ok(reached)
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let now = match now {
+            Ok(now) => now,
+            Err(s) => {
+                let full = s.code() == tonic::Code::ResourceExhausted
+                    && s.message().starts_with(SLAVE_FULL);
+                if full {
+                    tracing::warn!(pfs = %self.pfs, error = %s.message(), "the device is full: a replicated batch was refused");
+                }
+                self.view(|v| {
+                    v.full = full;
+                    v.last_error = Some(s.message().to_owned());
+                });
+                return Err(s);
+            }
+        };
         self.checkpoint = now;
         self.view(|v| {
             v.applied += 1;
             v.apply_latency.observe(started.elapsed());
+            v.full = false;
+            v.last_error = None;
         });
         Ok(now)
     }

@@ -1,8 +1,12 @@
-//! The master side's [`Source`]: batches from the engine's change scan.
+//! The master side's [`Source`]: batches from the engine's change scan, and, for a resync, a
+//! full copy of the master at one TID first ([`Base`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use repl_agent::{Payload, Position, Source};
-use repld_engine::{Engine, PfsName, Tid};
+use repld_engine::{At, Change, Engine, Op, PfsName, Tid};
 use tokio::sync::watch;
 
 use super::wire;
@@ -20,6 +24,73 @@ pub struct EngineSource {
     pub pfs: PfsName,
     /// Its head, from the engine's commit notifications.
     pub head: watch::Receiver<Tid>,
+    /// A resync in progress: a slave before its TID gets the full copy first.
+    pub base: Option<Base>,
+}
+
+/// The full copy of a master PFS at one TID that a resync sends (`replctl pair resync`): one
+/// change per create TID of the versions live at `until`, each with those versions (sorted by
+/// path, replacing nothing) and the master's history link at that TID, ending with a change at
+/// `until` itself. A slave prepared with `Engine::begin_base` applies them (its history before
+/// `until` stays unreadable), and is then at `until` with the master's link there: the stream
+/// continues incrementally, its chain checked as usual. Made once per sender (it holds one
+/// entry per live path), when a slave first asks for it.
+pub struct Base {
+    /// The TID the copy is of.
+    pub until: Tid,
+    changes: Mutex<Option<Arc<Vec<Change>>>>,
+}
+
+impl Base {
+    /// The full copy at `until`, made when first needed.
+    pub fn new(until: Tid) -> Base {
+        Base {
+            until,
+            changes: Mutex::new(None),
+        }
+    }
+}
+
+/// What a full copy of `pfs` at `until` holds: entries and bytes of file content (what
+/// `replctl pair resync` says it will send).
+pub fn base_size(engine: &Engine, pfs: &PfsName, until: Tid) -> repld_engine::Result<(u64, u64)> {
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    engine.walk(pfs, &At::Tid(until), |e| {
+        entries += 1;
+        bytes += e.meta.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        Ok(())
+    })?;
+    Ok((entries, bytes))
+}
+
+/// The changes of a full copy of `pfs` at `until` ([`Base`]).
+pub(crate) fn base_changes(
+    engine: &Engine,
+    pfs: &PfsName,
+    until: Tid,
+) -> repld_engine::Result<Vec<Change>> {
+    let mut by_tid: BTreeMap<Tid, Vec<Op>> = BTreeMap::new();
+    engine.walk(pfs, &At::Tid(until), |e| {
+        by_tid.entry(e.created).or_default().push(Op::Put {
+            path: e.path.clone(),
+            meta: e.meta.clone(),
+            supersedes: None,
+        });
+        Ok(())
+    })?;
+    by_tid.entry(until).or_default();
+    by_tid
+        .into_iter()
+        .map(|(tid, mut ops)| {
+            // The walk goes depth first; a change's ops are sorted by path.
+            ops.sort_by(|a, b| a.path().cmp(b.path()));
+            Ok(Change {
+                tid,
+                chain: engine.link_at(pfs, tid)?.1,
+                ops,
+            })
+        })
+        .collect()
 }
 
 impl Source for EngineSource {
@@ -30,13 +101,27 @@ impl Source for EngineSource {
     async fn next_batch(&self, from: Position, max_bytes: u64) -> Result<Option<Payload>, String> {
         let engine = self.engine.clone();
         let pfs = self.pfs.clone();
-        tokio::task::spawn_blocking(move || batch(&engine, &pfs, from, max_bytes, Tid::MAX))
-            .await
-            .map_err(|e| format!("the scan task failed: {e}"))?
-            .map_err(|e| e.to_string())
+        let base = match &self.base {
+            Some(b) if from.synced < b.until => Some((self.base_changes_of(b).await?, b.until)),
+            _ => None,
+        };
+        tokio::task::spawn_blocking(move || match base {
+            Some((changes, until)) => {
+                let after = changes.iter().filter(|c| c.tid > from.synced).cloned();
+                fill(&engine, after, from, max_bytes, until)
+            }
+            None => batch(&engine, &pfs, from, max_bytes, Tid::MAX),
+        })
+        .await
+        .map_err(|e| format!("the scan task failed: {e}"))?
+        .map_err(|e| e.to_string())
     }
 
     async fn next_tid(&self, after: Tid) -> Result<Option<Tid>, String> {
+        if let Some(b) = self.base.as_ref().filter(|b| after < b.until) {
+            let changes = self.base_changes_of(b).await?;
+            return Ok(changes.iter().map(|c| c.tid).find(|t| *t > after));
+        }
         let engine = self.engine.clone();
         let pfs = self.pfs.clone();
         tokio::task::spawn_blocking(move || engine.changes_since(&pfs, after, 1))
@@ -54,6 +139,29 @@ impl Source for EngineSource {
             .map_err(|e| format!("the link lookup failed: {e}"))?
             .map(|(_, link)| link)
             .map_err(|e| e.to_string())
+    }
+}
+
+impl EngineSource {
+    async fn base_changes_of(&self, b: &Base) -> Result<Arc<Vec<Change>>, String> {
+        let cached = b
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let (engine, pfs, until) = (self.engine.clone(), self.pfs.clone(), b.until);
+        let made = tokio::task::spawn_blocking(move || base_changes(&engine, &pfs, until))
+            .await
+            .map_err(|e| format!("the scan task failed: {e}"))?
+            .map_err(|e| format!("reading the full copy at {until}: {e}"))?;
+        let made = Arc::new(made);
+        *b.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&made));
+        Ok(made)
     }
 }
 
@@ -81,6 +189,23 @@ pub(crate) fn batch(
             from.synced
         )));
     }
+    fill(
+        engine,
+        engine.changes_since(pfs, from.synced, SCAN)?.into_iter(),
+        from,
+        max_bytes,
+        until,
+    )
+}
+
+/// Fills a batch after `from` with `changes` (those after it, in TID order) up to TID `until`.
+fn fill(
+    engine: &Engine,
+    changes: impl Iterator<Item = Change>,
+    from: Position,
+    max_bytes: u64,
+    until: Tid,
+) -> repld_engine::Result<Option<Payload>> {
     let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     // The whole batch's room at once: growing it by doubling would copy it again and again.
     let mut buf = BytesMut::with_capacity(max.min(MAX_PREALLOC));
@@ -89,7 +214,7 @@ pub(crate) fn batch(
     let full = |buf: &BytesMut, records: u32, more: usize| {
         records > 0 && buf.len() + wire::FRAME + more > max
     };
-    for change in engine.changes_since(pfs, from.synced, SCAN)? {
+    for change in changes.take(SCAN) {
         if change.tid > until {
             break;
         }

@@ -32,6 +32,11 @@ pub struct Pairing {
     /// until it is resynced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_resync: bool,
+    /// A resync (`replctl pair resync`): the TID of the full copy the slave takes before it
+    /// continues incrementally. Held from the moment it is chosen (while `needs_resync` still
+    /// parks the pairing, until the slave has been emptied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_base: Option<repld_engine::Tid>,
 }
 
 impl Pairing {
@@ -131,6 +136,7 @@ mod tests {
             halted: None,
             confirmed: Some(repld_engine::Tid(77)),
             needs_resync: true,
+            resync_base: Some(repld_engine::Tid(99)),
         });
         store.save(s.clone()).expect("save");
         assert_eq!(Store::load(dir.path()).expect("reload").settings, s);

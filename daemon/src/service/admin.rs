@@ -118,7 +118,17 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::PfsStatusResponse>, Status> {
         let name = pfs_name("PfsStatusRequest.name", req.into_inner().name)?;
         let engine = self.engine.clone();
-        let (p, st) = blocking(move || Ok((engine.pfs(&name)?, engine.pfs_stats(&name)?))).await?;
+        let (p, st) = blocking(move || {
+            let p = engine.pfs(&name)?;
+            let st = match engine.pfs_stats(&name) {
+                // A slave in the middle of a resync's full copy reads nothing yet (its head lies
+                // in its pruned history): it shows no content, and its pruned range.
+                Err(repld_engine::Error::Pruned { .. }) => repld_engine::PfsStats::default(),
+                r => r?,
+            };
+            Ok((p, st))
+        })
+        .await?;
         Ok(Response::new(pb::PfsStatusResponse {
             pfs: Some(pfs_info(&p)),
             files: st.files,
@@ -380,6 +390,24 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::PfsLinksRequest>,
     ) -> Result<Response<pb::PfsLinksResponse>, Status> {
         failover::links(&self.engine, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pair_resync(
+        &self,
+        req: Request<pb::PairResyncRequest>,
+    ) -> Result<Response<pb::PairResyncResponse>, Status> {
+        pairing::resync(&self.replication, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pfs_resync_reset(
+        &self,
+        req: Request<pb::PfsResyncResetRequest>,
+    ) -> Result<Response<pb::PfsResyncResetResponse>, Status> {
+        pairing::resync_reset(&self.replication, req.into_inner())
             .await
             .map(Response::new)
     }

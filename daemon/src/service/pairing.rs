@@ -101,10 +101,66 @@ pub async fn create(
             halted: None,
             confirmed: None,
             needs_resync: false,
+            resync_base: None,
         })
         .await?;
     Ok(pb::PairCreateResponse {
         shared_uuid: bytes::Bytes::copy_from_slice(&uuid),
+    })
+}
+
+/// `pair resync` on the master's node: prepares (parks the pairing and fixes the copy's TID) or
+/// starts streaming the full copy.
+pub async fn resync(
+    replication: &Replication,
+    r: pb::PairResyncRequest,
+) -> Result<pb::PairResyncResponse, Status> {
+    pfs_name("master_pfs", r.master_pfs.clone())?;
+    pfs_name("slave_pfs", r.slave_pfs.clone())?;
+    if r.start {
+        if r.base_tid == 0 {
+            return Err(Status::invalid_argument(
+                "base_tid must be the TID the prepare answered",
+            ));
+        }
+        replication
+            .resync_start(&r.master_pfs, &r.slave_node, &r.slave_pfs, Tid(r.base_tid))
+            .await?;
+        return Ok(pb::PairResyncResponse {
+            base_tid: r.base_tid,
+            ..Default::default()
+        });
+    }
+    let (_, base, uuid, entries, bytes) = replication
+        .resync_prepare(&r.master_pfs, &r.slave_node, &r.slave_pfs)
+        .await?;
+    Ok(pb::PairResyncResponse {
+        base_tid: base.get(),
+        entries,
+        bytes,
+        shared_uuid: bytes::Bytes::copy_from_slice(&uuid),
+    })
+}
+
+/// `pair resync` on the slave's node: empties the slave PFS for a full copy.
+pub async fn resync_reset(
+    replication: &Replication,
+    r: pb::PfsResyncResetRequest,
+) -> Result<pb::PfsResyncResetResponse, Status> {
+    let name = pfs_name("name", r.name)?;
+    let shared_uuid = <[u8; 16]>::try_from(&r.shared_uuid[..])
+        .map_err(|_| Status::invalid_argument("shared_uuid must be 16 bytes"))?;
+    if r.base_tid == 0 {
+        return Err(Status::invalid_argument(
+            "base_tid must name the copy's TID",
+        ));
+    }
+    let (info, replaced) = replication
+        .resync_reset(&name, shared_uuid, Tid(r.base_tid))
+        .await?;
+    Ok(pb::PfsResyncResetResponse {
+        pfs: Some(pfs_info(&info)),
+        replaced,
     })
 }
 
@@ -142,6 +198,10 @@ pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse
                 slave_pfs: row.pairing.slave_pfs,
                 state: if row.pairing.needs_resync {
                     "needs-resync".to_owned()
+                } else if p.state == repl_agent::StreamState::Streaming
+                    && row.pairing.resync_base.is_some_and(|b| acked.synced < b)
+                {
+                    "resyncing".to_owned()
                 } else {
                     p.state.as_str().to_owned()
                 },
@@ -162,6 +222,7 @@ pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse
                 since_progress_seconds: p.last_progress.map_or(0.0, |t| t.elapsed().as_secs_f64()),
                 needs_resync: row.pairing.needs_resync,
                 hold_tid: row.hold.get(),
+                resync_tid: row.pairing.resync_base.map_or(0, Tid::get),
             }
         })
         .collect();
@@ -175,6 +236,8 @@ pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse
             lag_seconds: row.lag_secs,
             batches_applied: row.view.applied,
             batches_rejected: row.view.rejected.values().sum(),
+            state: row.view.state().to_owned(),
+            last_error: row.view.last_error.clone().unwrap_or_default(),
         });
     }
     Ok(pb::ReplicationStatusResponse { pairings, slaves })
