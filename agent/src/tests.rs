@@ -167,6 +167,9 @@ struct SlaveState {
     /// Batches applied, and how many had been when each refusal came.
     batches_applied: u64,
     applied_at_refusal: Vec<u64>,
+    /// Records the slave's device still has room for (`None`: plenty). A batch that does not
+    /// fit is refused whole, as the engine refuses it.
+    room: Option<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -261,6 +264,16 @@ impl Session for Slave {
         let mut s = self.state();
         if batch.from != s.checkpoint {
             return Err(Status::failed_precondition("not at the checkpoint"));
+        }
+        if let Some(room) = s.room.as_mut() {
+            if records.len() > *room {
+                return Err(Status::resource_exhausted(format!(
+                    "{} batch {} does not fit",
+                    sender::SLAVE_FULL,
+                    batch.seq
+                )));
+            }
+            *room -= records.len();
         }
         s.applied.extend(records);
         s.batches_applied += 1;
@@ -831,5 +844,66 @@ async fn a_slave_whose_history_is_not_a_prefix_of_the_masters_gets_nothing() {
         .filter(|r| r.0 > Tid(3))
         .collect();
     assert_eq!(slave.state().applied, after);
+    run.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_slave_stops_the_stream_clearly_and_it_resumes_by_itself_once_space_is_freed() {
+    let master = Master::new(&history(20));
+    let slave = Slave::default();
+    slave.state().room = Some(40);
+    let link = Link::new(&slave, &[]);
+    let run = start(&master, &link, config());
+    let mut full = false;
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if run.status.snapshot().state.as_str() == "slave-full" {
+            full = true;
+            break;
+        }
+    }
+    assert!(
+        full,
+        "the pairing shows slave-full: {:?}",
+        run.status.snapshot()
+    );
+    let p = run.status.snapshot();
+    assert!(
+        p.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(sender::SLAVE_FULL)),
+        "{:?}",
+        p.last_error
+    );
+    // What the slave holds is whole batches of the master's history, acknowledged as applied.
+    let held = slave.state().applied.clone();
+    assert!(!held.is_empty() && held.len() <= 40);
+    assert_eq!(held[..], master.records()[..held.len()]);
+    assert_eq!(
+        p.acked,
+        Some(slave.state().checkpoint),
+        "the master's view of the checkpoint is the slave's durable one"
+    );
+
+    // The master goes on committing; the sender retries with back-off, not in a hot loop.
+    let connects = link.connects();
+    for t in 21..=30 {
+        master.commit(t, 1);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    let retries = link.connects() - connects;
+    assert!(
+        (1..=20).contains(&retries),
+        "{retries} attempts in 60 s while the slave was full"
+    );
+    assert_eq!(run.status.snapshot().state.as_str(), "slave-full");
+    assert_eq!(slave.state().applied, held, "nothing was applied meanwhile");
+
+    // Space is freed on the slave: the stream resumes by itself, and every record arrives
+    // exactly once.
+    slave.state().room = None;
+    wait_synced(&master, &slave).await;
+    assert_applied_once_in_order(&master, &slave);
+    assert_eq!(run.status.snapshot().state.as_str(), "streaming");
     run.finish().await;
 }
