@@ -347,4 +347,140 @@ mod tests {
         assert_eq!(from_b.to, Position::at(tid));
         assert_eq!(from_b.bytes, from_a.bytes);
     }
+
+    fn commit(e: &Engine, pfs: &PfsName, path: &str, data: &[u8]) -> Tid {
+        let mut tx = e.begin(pfs).expect("begin");
+        let path = EntryPath::new(path).expect("path");
+        if let Some((dir, _)) = path.as_str().rsplit_once('/') {
+            let dir = EntryPath::new(dir).expect("dir");
+            tx.mkdir(&dir, Attrs::now(0o755), true).expect("mkdir");
+        }
+        tx.put_bytes(&path, Attrs::now(0o644), data).expect("put");
+        tx.commit().expect("commit").expect("a TID")
+    }
+
+    /// A full resync at the level of the engine: after a forced prune a slave at 0 cannot be fed
+    /// the master's changes, but the full copy (`base_changes`) brings an emptied slave to the
+    /// master's state and link at the copy's TID, through batches as small as one chunk, with
+    /// nothing readable on the way; then the chain is checked again.
+    #[test]
+    fn a_full_copy_gives_an_emptied_slave_the_masters_state_and_links_after_a_forced_prune() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = engine(dir.path());
+        let (a, b) = (
+            PfsName::new("a").expect("name"),
+            PfsName::new("b").expect("name"),
+        );
+        let info = e.create_pfs(&a, PfsOptions::default()).expect("master");
+        e.create_pfs(
+            &b,
+            PfsOptions {
+                role: Role::Slave,
+                nohistory: false,
+                shared_uuid: Some(info.shared_uuid),
+            },
+        )
+        .expect("slave");
+        commit(&e, &a, "x", b"one");
+        let kept = commit(&e, &a, "d/y", &vec![3u8; (1 << 20) + 77]);
+        commit(&e, &a, "x", b"two");
+        commit(&e, &a, "z", b"zzz");
+        e.set_retention(&a, "0s".parse().expect("policy"))
+            .expect("retention");
+        let pruned = e
+            .prune(
+                &a,
+                repld_engine::PruneOptions {
+                    now: Tid::now(),
+                    hold: None,
+                    force: true,
+                },
+            )
+            .expect("prune");
+        assert!(pruned.commits >= 3);
+        let base = e.pfs(&a).expect("master").head;
+        assert!(
+            batch(&e, &a, Position::at(Tid::ZERO), 64 << 20, Tid::MAX).is_err(),
+            "the changes after 0 are gone: only a full copy helps"
+        );
+
+        e.begin_base(&b, base).expect("begin base");
+        let root = EntryPath::root();
+        let changes = base_changes(&e, &a, base).expect("copy");
+        assert_eq!(changes.last().map(|c| c.tid), Some(base));
+        assert!(
+            changes.iter().any(|c| c.tid == kept),
+            "y keeps its create TID"
+        );
+        let mut from = Position::at(Tid::ZERO);
+        let mut batches = 0;
+        while let Some(p) = fill(
+            &e,
+            changes.iter().filter(|c| c.tid > from.synced).cloned(),
+            from,
+            4096,
+            base,
+        )
+        .expect("fill")
+        {
+            apply(&e, &b, &p);
+            from = p.to;
+            batches += 1;
+            if from.synced < base {
+                assert!(
+                    matches!(
+                        e.list(&b, &root, &repld_engine::At::Head),
+                        Err(repld_engine::Error::Pruned { .. })
+                    ),
+                    "the slave reads nothing before the copy is whole"
+                );
+            }
+        }
+        assert!(batches >= 2, "the copy came in {batches} batches");
+        let slave = e.pfs(&b).expect("slave");
+        assert_eq!(slave.head, base);
+        assert_eq!(slave.head_chain, e.link_at(&a, base).expect("link").1);
+        let digest = |p: &PfsName, at: repld_engine::At| e.digest(p, &at, true).expect("digest");
+        assert_eq!(
+            digest(&a, repld_engine::At::Tid(base)).root,
+            digest(&b, repld_engine::At::Head).root
+        );
+        assert_eq!(
+            e.link_at(&b, kept).expect("link"),
+            e.link_at(&a, kept).expect("link"),
+            "the slave holds the master's link at the TIDs it holds"
+        );
+
+        // Incremental again, chain checked: the master's next change applies, a forged one not.
+        let next = commit(&e, &a, "x", b"three");
+        let p = batch(&e, &a, Position::at(base), 64 << 20, Tid::MAX)
+            .expect("scan")
+            .expect("a batch");
+        apply(&e, &b, &p);
+        assert_eq!(e.pfs(&b).expect("slave").head, next);
+        assert_eq!(
+            digest(&a, repld_engine::At::Head).root,
+            digest(&b, repld_engine::At::Head).root
+        );
+        let forged = repld_engine::Change {
+            tid: Tid(next.get() + 1),
+            chain: [9; 32],
+            ops: Vec::new(),
+        };
+        let refused = e.apply(
+            &b,
+            ApplyBatch {
+                chunks: Vec::new(),
+                changes: vec![forged],
+                partial: None,
+                master_head: Tid::ZERO,
+            },
+        );
+        assert!(
+            matches!(refused, Err(repld_engine::Error::Diverged { .. })),
+            "{refused:?}"
+        );
+        // Only an empty slave takes a copy.
+        assert!(e.begin_base(&b, base).is_err());
+    }
 }
