@@ -251,7 +251,10 @@ fn a_prune_keeps_what_a_stopped_slave_needs_and_force_makes_it_need_a_resync_whi
     let row = c.wait_pairing("node1", "node2:data", "streaming after the resync", |r| {
         r["state"] == "streaming"
     })?;
-    ensure!(row["needs_resync"] == false, "{row}");
+    ensure!(
+        row["needs_resync"] == false && row["resync_tid"].is_null(),
+        "{row}"
+    );
     let g = c.ok(&[&"cat", &"node2:data/g"])?;
     ensure!(g == "after the forced prune", "the slave's copy: {g:?}");
     // What the slave held before the copy's TID is not readable there (never a mix).
@@ -342,7 +345,9 @@ fn a_resync_killed_on_either_node_completes_and_never_shows_a_mix() -> Result<()
 
     let progressed = |c: &Cluster, at_least: u64| -> Result<()> {
         c.wait_pairing("node1", "node2:data", "the copy to progress", |r| {
-            r["state"] == "resyncing" && r["bytes_sent"].as_u64() >= Some(sent0 + at_least)
+            r["state"] == "resyncing"
+                && r["resync_tid"] == base.as_str()
+                && r["bytes_sent"].as_u64() >= Some(sent0 + at_least)
         })
         .map(drop)
     };

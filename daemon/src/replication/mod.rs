@@ -584,8 +584,8 @@ impl Replication {
                 p.confirmed = Some(tid);
             }
             // A resync whose copy the slave has confirmed is over.
-            let live = progress.and_then(|(_, pr)| pr.acked).map(|a| a.synced);
-            if !p.needs_resync && p.resync_base.is_some_and(|b| live.is_some_and(|l| l >= b)) {
+            let acked = progress.and_then(|(_, pr)| pr.acked).map(|a| a.synced);
+            if !p.needs_resync && p.resync_base.is_some_and(|b| acked.is_some_and(|a| a >= b)) {
                 p.resync_base = None;
             }
             out.push((p.clone(), tid));

@@ -222,7 +222,12 @@ pub fn status(replication: &Replication) -> Result<pb::ReplicationStatusResponse
                 since_progress_seconds: p.last_progress.map_or(0.0, |t| t.elapsed().as_secs_f64()),
                 needs_resync: row.pairing.needs_resync,
                 hold_tid: row.hold.get(),
-                resync_tid: row.pairing.resync_base.map_or(0, Tid::get),
+                // Only while the copy is on its way (or being prepared).
+                resync_tid: row
+                    .pairing
+                    .resync_base
+                    .filter(|b| row.pairing.needs_resync || acked.synced < *b)
+                    .map_or(0, Tid::get),
             }
         })
         .collect();
