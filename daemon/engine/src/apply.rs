@@ -32,6 +32,49 @@ pub(crate) fn apply_record(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> Resu
             if let Some(mut p) = schema::pfs_by_id(ov, *pfs)? {
                 p.partial = partial.filter(|x| x.tid > p.head);
                 p.master_head = p.master_head.max(*master_head);
+                p.checkpoint_lsn = lsn;
+                ov.put(schema::pfs_key(p.id), p.encode());
+            }
+        }
+        Record::Reclaim {
+            from,
+            to,
+            chunks,
+            links,
+        } => {
+            for h in chunks {
+                if schema::chunk_loc(ov, h)?.is_some_and(|l| (*from..*to).contains(&l.lsn)) {
+                    ov.remove(schema::chunk_key(h));
+                }
+            }
+            for (pfs, tid) in links {
+                if ov.get(&schema::tid_key(*pfs, *tid))?.is_none() {
+                    ov.remove(schema::link_key(*pfs, *tid));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies a copy of a record that space reclaim made, found at `lsn`, during incremental replay
+/// (and as the writer places it). The original was applied already, so the copy only moves
+/// pointers: the chunk entry, the by-TID entry of a commit that still has one, and a PFS's newest
+/// checkpoint. PFS events are no-ops. (A rebuild from scratch applies copies in full, in the
+/// order of their original LSNs: see `engine::replay_from`.)
+pub(crate) fn apply_relocated(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> Result<()> {
+    match rec {
+        Record::Chunk { .. } | Record::Reclaim { .. } => apply_record(ov, lsn, rec)?,
+        Record::Commit { pfs, change } => {
+            let key = schema::tid_key(*pfs, change.tid);
+            if ov.get(&key)?.is_some() {
+                ov.put(key, lsn.to_le_bytes().to_vec());
+            }
+        }
+        Record::Pfs(_) => {}
+        Record::Checkpoint { pfs, .. } => {
+            if let Some(mut p) = schema::pfs_by_id(ov, *pfs)? {
+                p.checkpoint_lsn = lsn;
                 ov.put(schema::pfs_key(p.id), p.encode());
             }
         }
@@ -130,6 +173,7 @@ fn apply_pfs_event(ov: &mut Overlay<'_>, ev: &PfsEvent) -> Result<()> {
                 master_head: Tid::ZERO,
                 retention: repl_types::Retention::Forever,
                 pruned: Vec::new(),
+                checkpoint_lsn: 0,
             };
             ov.put(schema::pfs_key(*id), rec.encode());
             ov.put(schema::name_key(name), id.to_be_bytes().to_vec());

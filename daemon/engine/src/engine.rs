@@ -340,6 +340,7 @@ impl Engine {
             pending: Writes::new(),
             known_chunks: ChunkFilter::build(&*index)?,
             unsynced: 0,
+            reclaim: crate::reclaim::ReclaimState::at_open(&*index)?,
         };
         let handle = std::thread::Builder::new()
             .name("repld-writer".into())
@@ -393,6 +394,33 @@ impl Engine {
             segments_total: sb.slot_count,
             segments_used: sb.slot_count - map.free_slots() as u64,
         }
+    }
+
+    /// One bounded step of space reclaim: cleans part of the oldest segment of the log, reading
+    /// at most about `budget_bytes` of it, copying its live records to the head of the log, and
+    /// freeing the segment once it is all read. Runs on the writer thread between ordinary
+    /// groups; see [`crate::reclaim`]. Call it again while [`ReclaimStep::in_pass`] says so.
+    ///
+    /// [`ReclaimStep::in_pass`]: crate::ReclaimStep::in_pass
+    pub fn reclaim_step(&self, budget_bytes: u64) -> Result<crate::ReclaimStep> {
+        match self.submit(Work::Reclaim(budget_bytes))? {
+            Outcome::Reclaimed(step) => Ok(step),
+            other => Err(Error::Index(format!("unexpected writer outcome {other:?}"))),
+        }
+    }
+
+    /// Every entry of the index except the position it covers, in key order: for tests that
+    /// compare an index kept up by the writer (and replay) with one rebuilt from the device.
+    #[doc(hidden)]
+    pub fn index_dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        crate::prune::for_each(self.kv(), b"", &[0xFF], |k, v| {
+            if k != schema::COVERED {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     pub(crate) fn submit(&self, work: Work) -> Result<Outcome> {
@@ -541,6 +569,7 @@ impl Engine {
             return Err(Error::ReadOnlySlave(name.to_string()));
         }
         Ok(Txn {
+            id: self.inner.shared.txn_begin(),
             engine: self.clone(),
             pfs: name.to_string(),
             intents: Vec::new(),
@@ -719,7 +748,15 @@ fn replay(
     replay_from(dev, map, index, covered, known)
 }
 
-/// Replays the log from `start` (its beginning when `None`) into the index.
+/// Replays the log from `start` into the index, or rebuilds the index from the whole log when
+/// `start` is `None`.
+///
+/// Replay from a position applies records in log order; copies that space reclaim made only move
+/// pointers there (`apply_relocated`), since their originals were applied already. A rebuild
+/// cannot apply records in log order: a copy sits at the head of the log but belongs where its
+/// original was. So it reads the log twice: pass 1 applies chunk records (their order does not
+/// matter) and collects every other record with its logical position (the original LSN of a
+/// copy, the LSN otherwise); pass 2 applies them sorted by that position, reading each again.
 fn replay_from(
     dev: &Device,
     map: &SegmentMap,
@@ -728,31 +765,52 @@ fn replay_from(
     known_durable: u64,
 ) -> Result<LogEnd> {
     const FLUSH_EVERY: usize = 200_000;
+    let rebuild = start.is_none();
     let start = start.or_else(|| log::log_start(map)).unwrap_or(LogPos {
         lsn: 0,
         prev_seq: 0,
     });
     let mut ov = Overlay::new(index, Writes::new());
     let mut records = 0u64;
+    let mut later: Vec<(u64, u64)> = Vec::new();
+    let decode_at = |lsn: u64, kind: u8, payload: &[u8]| {
+        Record::decode(kind, payload).map_err(|e| {
+            let (slot, offset) = map.locate(lsn).unwrap_or((0, 0));
+            Error::Corruption {
+                lsn,
+                slot,
+                offset,
+                detail: format!("record passes its checksum but does not decode: {e}"),
+            }
+        })
+    };
     let end = log::scan(dev, map, start, known_durable, u64::MAX, |ev| {
         match ev {
             ScanEvent::Record(lsn, f) => {
-                let rec = Record::decode(f.kind, f.payload).map_err(|e| {
-                    let (slot, offset) = map.locate(lsn).unwrap_or((0, 0));
-                    Error::Corruption {
-                        lsn,
-                        slot,
-                        offset,
-                        detail: format!("record passes its checksum but does not decode: {e}"),
-                    }
-                })?;
-                apply_record(&mut ov, lsn, &rec)?;
                 records += 1;
+                if rebuild {
+                    if f.kind == crate::record::KIND_CHUNK_CODE {
+                        apply_record(&mut ov, lsn, &decode_at(lsn, f.kind, f.payload)?)?;
+                    } else {
+                        later.push((f.orig_lsn.unwrap_or(lsn), lsn));
+                    }
+                } else {
+                    let rec = decode_at(lsn, f.kind, f.payload)?;
+                    if f.orig_lsn.is_some() {
+                        crate::apply::apply_relocated(&mut ov, lsn, &rec)?;
+                    } else {
+                        apply_record(&mut ov, lsn, &rec)?;
+                    }
+                }
             }
             ScanEvent::UnitEnd(pos) => {
                 if ov.writes.len() >= FLUSH_EVERY {
-                    ov.writes
-                        .insert(schema::COVERED.to_vec(), Some(schema::encode_pos(pos)));
+                    // A rebuild says what it covers only at the end: until then, an index that
+                    // a crash left half built has no volume id and is rebuilt again.
+                    if !rebuild {
+                        ov.writes
+                            .insert(schema::COVERED.to_vec(), Some(schema::encode_pos(pos)));
+                    }
                     index.apply(&ov.writes)?;
                     ov.writes.clear();
                 }
@@ -760,6 +818,22 @@ fn replay_from(
         }
         Ok(())
     })?;
+    if rebuild {
+        // The log's records before its end, in the order they were first written.
+        later.sort_unstable();
+        let until = end.tail.map_or(0, |t| t.lsn);
+        for (_, lsn) in later {
+            if lsn >= until {
+                continue;
+            }
+            let (kind, _, payload) = crate::reclaim::read_record_raw(dev, map, lsn)?;
+            apply_record(&mut ov, lsn, &decode_at(lsn, kind, &payload)?)?;
+            if ov.writes.len() >= FLUSH_EVERY {
+                index.apply(&ov.writes)?;
+                ov.writes.clear();
+            }
+        }
+    }
     let mut writes = ov.writes;
     if let Some(tail) = end.tail {
         writes.insert(schema::COVERED.to_vec(), Some(schema::encode_pos(tail)));
@@ -780,12 +854,24 @@ fn replay_from(
 /// visible until [`Txn::commit`] returns. Dropping it uncommitted leaves only unreferenced
 /// chunks, which space reclaim removes.
 pub struct Txn {
+    /// Its id: space reclaim keeps the chunks it placed until it ends.
+    id: u64,
     engine: Engine,
     pfs: String,
     intents: Vec<Intent>,
     chunks: Vec<Vec<u8>>,
     chunk_bytes: usize,
     inflight: VecDeque<Receiver<Result<Outcome>>>,
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        // Chunks still in flight belong to a transaction that is over: committed, or abandoned.
+        for earlier in self.inflight.drain(..) {
+            let _ = writer::wait(earlier);
+        }
+        self.engine.inner.shared.txn_done(self.id);
+    }
 }
 
 /// What a commit did.
@@ -954,7 +1040,10 @@ impl Txn {
         self.chunk_bytes = 0;
         self.inflight.push_back(writer::send(
             &self.engine.inner.sender()?,
-            Work::Chunks(chunks),
+            Work::Chunks {
+                txn: self.id,
+                chunks,
+            },
         )?);
         while self.inflight.len() > MAX_INFLIGHT {
             let rx = self.inflight.pop_front().expect("non-empty");
@@ -973,6 +1062,7 @@ impl Txn {
     pub fn commit_counted(mut self) -> Result<Committed> {
         let started = std::time::Instant::now();
         let work = Work::Commit {
+            txn: self.id,
             pfs: std::mem::take(&mut self.pfs),
             intents: std::mem::take(&mut self.intents),
             chunks: std::mem::take(&mut self.chunks),

@@ -17,7 +17,8 @@ pub struct FsckReport {
     pub segments: usize,
     /// Valid units read.
     pub units: u64,
-    /// Valid records read, by kind: chunks, commits, PFS events, checkpoints.
+    /// Valid records read, by kind: chunks, commits, PFS events (and the reclaim records that
+    /// say which segment space reclaim freed), checkpoints.
     pub records: [u64; 4],
     /// Bytes of record payload read.
     pub payload_bytes: u64,
@@ -67,7 +68,7 @@ fn scan_report(dev: &Device, map: &SegmentMap, until: u64) -> Result<FsckReport>
                 let i = match Record::decode(f.kind, f.payload) {
                     Ok(Record::Chunk { .. }) => 0,
                     Ok(Record::Commit { .. }) => 1,
-                    Ok(Record::Pfs(_)) => 2,
+                    Ok(Record::Pfs(_) | Record::Reclaim { .. }) => 2,
                     Ok(Record::Checkpoint { .. }) => 3,
                     Err(_) => return Ok(()),
                 };
@@ -88,6 +89,13 @@ impl Engine {
     /// every stored chunk and re-hashes it with BLAKE3, finding silent corruption of data.
     /// Damage is reported in [`FsckReport::problems`], not as an error.
     pub fn check_log(&self, deep: bool) -> Result<FsckReport> {
+        // Space reclaim frees no segment while the check reads the log.
+        let _no_free = self
+            .inner
+            .shared
+            .free_gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let map = self
             .inner
             .map

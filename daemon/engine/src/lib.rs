@@ -19,6 +19,7 @@
 //! - `export`: deterministic tar export of a PFS at a TID.
 //! - [`prune`]: which commits and versions a retention policy drops, and the prune record.
 //! - `lineage`: the history chain at a TID, upgrade, downgrade and rollback (failover).
+//! - `reclaim`: space reclaim, which cleans the oldest segment of the log and frees it.
 //! - `digest`: the canonical Merkle digest of a PFS at a TID, which `verify` compares.
 //! - [`fsck`]: offline checks of a device.
 //!
@@ -41,6 +42,7 @@ mod lineage;
 mod log;
 pub mod prune;
 mod read;
+mod reclaim;
 pub mod record;
 mod schema;
 mod writer;
@@ -58,6 +60,7 @@ pub use latency::{HistogramSnapshot, LatencyHistogram};
 pub use lineage::{Link, RolledBack, Upgraded};
 pub use prune::{PruneOptions, PruneReport, TidRange};
 pub use read::{At, Entry, FileReader, PfsStats};
+pub use reclaim::ReclaimStep;
 pub use record::{CHUNK_SIZE, Change, ChunkRef, EntryKind, EntryMeta, Hash, Op, Partial, Role};
 pub use repl_types::{EntryPath, PfsName, Retention, Tid};
 pub use writer::Stats;

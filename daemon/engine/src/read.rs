@@ -13,6 +13,9 @@ use crate::record::{
 };
 use crate::schema::{self, PfsRecord};
 
+/// How often a reader looks a record up again after space reclaim moved it.
+const RELOOKUPS: usize = 4;
+
 /// Which state of a PFS to read.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum At {
@@ -259,8 +262,29 @@ impl Engine {
     pub fn changes_since(&self, name: &PfsName, after: Tid, limit: usize) -> Result<Vec<Change>> {
         let p = self.record(name)?;
         let mut out = Vec::new();
-        for (tid, lsn) in schema::commits_after(self.kv(), p.id, after, limit)? {
-            match self.read_record(lsn)? {
+        for (tid, mut lsn) in schema::commits_after(self.kv(), p.id, after, limit)? {
+            let mut tries = 0;
+            let rec = loop {
+                match self.read_record(lsn)? {
+                    Some(rec) => break rec,
+                    // Space reclaim moved the commit and freed its segment: look it up again.
+                    None if tries < RELOOKUPS => {
+                        tries += 1;
+                        match self.kv().get(&schema::tid_key(p.id, tid))? {
+                            Some(v) => {
+                                lsn =
+                                    u64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
+                                        Error::Index("by-TID entry is not an LSN".into())
+                                    })?);
+                            }
+                            // Pruned meanwhile: the scan ends before it.
+                            None => return Ok(out),
+                        }
+                    }
+                    None => return Err(self.gone(lsn)),
+                }
+            };
+            match rec {
                 Record::Commit { change, .. } if change.tid == tid => out.push(change),
                 other => {
                     return Err(self.corruption(
@@ -287,30 +311,41 @@ impl Engine {
     /// recycled buffer: a caller that copies them on (the replication sender, into its batch)
     /// pays one copy and no allocation per chunk.
     pub fn read_chunk_with<T>(&self, hash: &Hash, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
-        let loc = schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "chunk {} is not stored",
-                crate::exec::hex(&hash[..8])
-            ))
-        })?;
-        // A recycled record buffer: no zero-fill of a fresh MiB per chunk read.
-        let total = RECORD_HEADER + 32 + loc.len as usize;
-        let bufs = &self.inner.shared.chunk_bufs;
-        let mut buf = if total <= CHUNK_RECORD_LEN {
-            bufs.take()
-        } else {
-            vec![0u8; total]
-        };
-        let record = &mut buf[..total];
-        self.read_at_lsn(loc.lsn, record)?;
-        let frame = parse_frame(record)
-            .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
-        if frame.payload.get(..32) != Some(&hash[..]) {
-            return Err(self.corruption(loc.lsn, "chunk record holds another hash".into()));
+        let mut tries = 0;
+        loop {
+            let loc = schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "chunk {} is not stored",
+                    crate::exec::hex(&hash[..8])
+                ))
+            })?;
+            // A recycled record buffer: no zero-fill of a fresh MiB per chunk read. A copy made by
+            // space reclaim has 8 more bytes (its original LSN) before the payload.
+            let total = RECORD_HEADER + 8 + 32 + loc.len as usize;
+            let bufs = &self.inner.shared.chunk_bufs;
+            let mut buf = if total <= CHUNK_RECORD_LEN {
+                bufs.take()
+            } else {
+                vec![0u8; total]
+            };
+            let record = &mut buf[..total];
+            if !self.try_read_at_lsn(loc.lsn, record)? {
+                bufs.give(buf);
+                if tries < RELOOKUPS {
+                    tries += 1;
+                    continue;
+                }
+                return Err(self.gone(loc.lsn));
+            }
+            let frame = parse_frame(record)
+                .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
+            if frame.payload.get(..32) != Some(&hash[..]) {
+                return Err(self.corruption(loc.lsn, "chunk record holds another hash".into()));
+            }
+            let out = f(&frame.payload[32..]);
+            bufs.give(buf);
+            return Ok(out);
         }
-        let out = f(&record[RECORD_HEADER + 32..]);
-        bufs.give(buf);
-        Ok(out)
     }
 
     /// A chunk's bytes, re-hashed with BLAKE3 and compared with its reference: the scrub that
@@ -324,46 +359,80 @@ impl Engine {
         Ok(data)
     }
 
-    fn read_at_lsn(&self, lsn: u64, buf: &mut [u8]) -> Result<()> {
-        let (_, off) = self
+    /// Reads `buf.len()` bytes at `lsn`. Returns `false` when no segment holds `lsn` any more:
+    /// space reclaim copied what the index pointed at and freed the segment, and the caller looks
+    /// its record up again. The segment cannot be freed (and its slot reused) during the read:
+    /// reclaim frees a segment only while no reader holds the free gate.
+    fn try_read_at_lsn(&self, lsn: u64, buf: &mut [u8]) -> Result<bool> {
+        let _gate = self
+            .inner
+            .shared
+            .free_gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let located = self
             .inner
             .map
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .locate(lsn)
-            .ok_or_else(|| {
-                self.corruption(
-                    lsn,
-                    "the index points into a segment that is not on the device".into(),
-                )
-            })?;
-        self.inner.dev.read_at(buf, off)
+            .locate(lsn);
+        let Some((_, off)) = located else {
+            return Ok(false);
+        };
+        // A record may end within 8 bytes of the device's last slot; the backup superblock
+        // follows it, so an over-read stays on the device.
+        self.inner.dev.read_at(buf, off)?;
+        Ok(true)
+    }
+
+    fn gone(&self, lsn: u64) -> Error {
+        self.corruption(
+            lsn,
+            "the index points into a segment that is not on the device".into(),
+        )
     }
 
     /// The length of the record at `lsn`, header included.
     pub(crate) fn record_len(&self, lsn: u64) -> Result<u64> {
         let mut head = [0u8; RECORD_HEADER];
-        self.read_at_lsn(lsn, &mut head)?;
+        if !self.try_read_at_lsn(lsn, &mut head)? {
+            return Err(Error::Index(format!(
+                "space reclaim moved the record at LSN {lsn:#x} meanwhile; try again"
+            )));
+        }
         let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
         Ok(RECORD_HEADER as u64 + u64::from(len))
     }
 
-    fn read_record(&self, lsn: u64) -> Result<Record> {
+    /// The record at `lsn`; `None` when its segment was freed (see [`Self::try_read_at_lsn`]).
+    fn read_record(&self, lsn: u64) -> Result<Option<Record>> {
         self.inner
             .shared
             .stats
             .records_read
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _gate = self
+            .inner
+            .shared
+            .free_gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut head = [0u8; RECORD_HEADER];
-        self.read_at_lsn(lsn, &mut head)?;
+        if !self.try_read_at_lsn(lsn, &mut head)? {
+            return Ok(None);
+        }
         let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
         if len > crate::log::MAX_UNIT_BODY {
             return Err(self.corruption(lsn, "record length is impossible".into()));
         }
         let mut buf = vec![0u8; RECORD_HEADER + len];
-        self.read_at_lsn(lsn, &mut buf)?;
+        if !self.try_read_at_lsn(lsn, &mut buf)? {
+            return Ok(None);
+        }
         let f = parse_frame(&buf).map_err(|why| self.corruption(lsn, why.to_owned()))?;
-        Record::decode(f.kind, f.payload).map_err(|e| self.corruption(lsn, e.to_string()))
+        Record::decode(f.kind, f.payload)
+            .map(Some)
+            .map_err(|e| self.corruption(lsn, e.to_string()))
     }
 
     fn corruption(&self, lsn: u64, detail: String) -> Error {

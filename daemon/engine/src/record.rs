@@ -9,6 +9,11 @@
 //! The CRC covers everything after itself. Records do not know their own position: the flush
 //! unit that holds them does (see `log.rs`), so a record is position-independent and can be
 //! encoded by the thread that produces it.
+//!
+//! A record that space reclaim copied to the head of the log carries [`FLAG_RELOCATED`] in its
+//! flags, and its payload starts with the LSN of the first write of the record (`orig_lsn u64`),
+//! then the original payload. [`parse_frame`] strips that prefix: every other parser sees the
+//! original payload, and [`Framed::orig_lsn`] says where the record logically belongs.
 
 use repl_types::{EntryPath, Tid};
 
@@ -340,12 +345,51 @@ pub(crate) enum Record {
         partial: Option<Partial>,
         master_head: Tid,
     },
+    /// Space reclaim freed the segment holding LSNs `[from, to)`: the chunk entries that still
+    /// point there for these hashes go (their chunks were dead), and so do the chain links of
+    /// these commits when they have no by-TID entry (pruned commits that were not copied).
+    Reclaim {
+        from: u64,
+        to: u64,
+        chunks: Vec<Hash>,
+        links: Vec<(u32, Tid)>,
+    },
 }
 
 const KIND_CHUNK: u8 = 1;
+/// The kind code of chunk records.
+pub(crate) const KIND_CHUNK_CODE: u8 = KIND_CHUNK;
 const KIND_COMMIT: u8 = 2;
 const KIND_PFS: u8 = 3;
 const KIND_CHECKPOINT: u8 = 4;
+const KIND_RECLAIM: u8 = 5;
+
+/// Record flag: a copy made by space reclaim; the payload starts with the original LSN.
+pub(crate) const FLAG_RELOCATED: u8 = 0x01;
+
+/// A relocated copy of a record: `kind` and `payload` as [`parse_frame`] returned them (the
+/// original payload), and the LSN of the record's first write.
+pub(crate) fn frame_relocated(kind: u8, orig_lsn: u64, payload: &[u8]) -> Vec<u8> {
+    let mut buf = frame(kind, 8 + payload.len(), |b| {
+        b.extend_from_slice(&orig_lsn.to_le_bytes());
+        b.extend_from_slice(payload);
+    });
+    buf[5] = FLAG_RELOCATED;
+    let crc = crc32c::crc32c(&buf[4..]);
+    buf[..4].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// The kind code of a record.
+pub(crate) fn kind_of(rec: &Record) -> u8 {
+    match rec {
+        Record::Chunk { .. } => KIND_CHUNK,
+        Record::Commit { .. } => KIND_COMMIT,
+        Record::Pfs(_) => KIND_PFS,
+        Record::Checkpoint { .. } => KIND_CHECKPOINT,
+        Record::Reclaim { .. } => KIND_RECLAIM,
+    }
+}
 
 fn role_code(r: Role) -> u8 {
     match r {
@@ -490,9 +534,31 @@ impl Record {
                 };
                 KIND_CHECKPOINT
             }
+            Record::Reclaim {
+                from,
+                to,
+                chunks,
+                links,
+            } => {
+                e.u64(*from).u64(*to);
+                e.u32(u32::try_from(chunks.len()).expect("bounded by a segment"));
+                for h in chunks {
+                    e.raw(h);
+                }
+                e.u32(u32::try_from(links.len()).expect("bounded by a segment"));
+                for (pfs, tid) in links {
+                    e.u32(*pfs).u64(tid.get());
+                }
+                KIND_RECLAIM
+            }
         };
         let payload = e.finish();
         frame(kind, payload.len(), |b| b.extend_from_slice(&payload))
+    }
+
+    /// The payload of a record other than a chunk, as [`Record::encode`] frames it.
+    pub(crate) fn encode_payload(&self) -> Vec<u8> {
+        self.encode()[RECORD_HEADER..].to_vec()
     }
 
     /// Decodes a record's payload, given its kind.
@@ -578,6 +644,26 @@ impl Record {
                     master_head,
                 }
             }
+            KIND_RECLAIM => {
+                let from = d.u64()?;
+                let to = d.u64()?;
+                let n = d.count(32)?;
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    chunks.push(d.hash()?);
+                }
+                let n = d.count(12)?;
+                let mut links = Vec::with_capacity(n);
+                for _ in 0..n {
+                    links.push((d.u32()?, Tid(d.u64()?)));
+                }
+                Record::Reclaim {
+                    from,
+                    to,
+                    chunks,
+                    links,
+                }
+            }
             _ => return Err(DecodeError("unknown record kind")),
         };
         d.end()?;
@@ -588,9 +674,12 @@ impl Record {
 /// A framed record found in a buffer.
 pub(crate) struct Framed<'a> {
     pub kind: u8,
+    /// The payload, without the original-LSN prefix of a relocated record.
     pub payload: &'a [u8],
     /// Header plus payload.
     pub total_len: usize,
+    /// For a copy made by space reclaim: the LSN of the record's first write.
+    pub orig_lsn: Option<u64>,
 }
 
 /// Parses and checksums the record at the start of `buf`.
@@ -607,10 +696,24 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Result<Framed<'_>, &'static str> {
     if crc32c::crc32c(&buf[4..total_len]) != stored {
         return Err("record checksum mismatch");
     }
+    let flags = buf[5];
+    if flags & !FLAG_RELOCATED != 0 {
+        return Err("unknown record flags");
+    }
+    let (payload, orig_lsn) = if flags & FLAG_RELOCATED != 0 {
+        let p = &buf[RECORD_HEADER..total_len];
+        let Some((orig, rest)) = p.split_first_chunk::<8>() else {
+            return Err("relocated record without its original LSN");
+        };
+        (rest, Some(u64::from_le_bytes(*orig)))
+    } else {
+        (&buf[RECORD_HEADER..total_len], None)
+    };
     Ok(Framed {
         kind: buf[4],
-        payload: &buf[RECORD_HEADER..total_len],
+        payload,
         total_len,
+        orig_lsn,
     })
 }
 

@@ -35,7 +35,7 @@ pub(crate) const NEXT_PFS: &[u8] = b"Mnext_pfs";
 /// none: before the `L` keyspace) is rebuilt from the device at open.
 pub(crate) const LAYOUT: &[u8] = b"Mlayout";
 /// The current [`LAYOUT`].
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 
 pub(crate) fn encode_pos(p: LogPos) -> Vec<u8> {
     let mut e = Enc::new();
@@ -269,6 +269,8 @@ pub(crate) struct PfsRecord {
     pub retention: Retention,
     /// TID ranges `[from, to)` a prune made unreadable, sorted and disjoint.
     pub pruned: Vec<TidRange>,
+    /// LSN of the PFS's newest checkpoint record (0: none), the one space reclaim keeps.
+    pub checkpoint_lsn: u64,
 }
 
 impl PfsRecord {
@@ -296,6 +298,7 @@ impl PfsRecord {
         for (a, b) in &self.pruned {
             e.u64(a.get()).u64(b.get());
         }
+        e.u64(self.checkpoint_lsn);
         e.finish()
     }
     pub fn decode(v: &[u8]) -> Result<PfsRecord, DecodeError> {
@@ -325,6 +328,7 @@ impl PfsRecord {
             },
             retention: Retention::Forever,
             pruned: Vec::new(),
+            checkpoint_lsn: 0,
         };
         // An index written before retention existed has neither field.
         if !d.rest().is_empty() {
@@ -333,6 +337,9 @@ impl PfsRecord {
             for _ in 0..n {
                 p.pruned.push((Tid(d.u64()?), Tid(d.u64()?)));
             }
+        }
+        if !d.rest().is_empty() {
+            p.checkpoint_lsn = d.u64()?;
         }
         Ok(p)
     }

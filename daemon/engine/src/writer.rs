@@ -13,7 +13,7 @@
 //! while the rest of it is still being read and hashed, and the commit's fsync only waits for the
 //! tail. Chunk buffers go back to a pool ([`crate::bufpool`]) once written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,10 +42,12 @@ const MAX_UNSYNCED: u64 = 1 << 30;
 
 /// A piece of work for the writer.
 pub(crate) enum Work {
-    /// Encoded chunk records, written ahead of the commit that will reference them.
-    Chunks(Vec<Vec<u8>>),
+    /// Encoded chunk records of transaction `txn`, written ahead of the commit that will
+    /// reference them.
+    Chunks { txn: u64, chunks: Vec<Vec<u8>> },
     /// A local transaction, with the encoded chunk records not yet sent.
     Commit {
+        txn: u64,
         pfs: String,
         intents: Vec<Intent>,
         chunks: Vec<Vec<u8>>,
@@ -65,6 +67,8 @@ pub(crate) enum Work {
         pfs: String,
         opts: crate::prune::PruneOptions,
     },
+    /// One step of space reclaim, reading at most this many bytes of the segment it cleans.
+    Reclaim(u64),
     /// Make everything written durable.
     Sync,
 }
@@ -72,15 +76,15 @@ pub(crate) enum Work {
 impl Work {
     fn bytes(&self) -> usize {
         match self {
-            Work::Chunks(c) | Work::Commit { chunks: c, .. } | Work::Apply { chunks: c, .. } => {
-                c.iter().map(Vec::len).sum::<usize>() + 256
-            }
+            Work::Chunks { chunks: c, .. }
+            | Work::Commit { chunks: c, .. }
+            | Work::Apply { chunks: c, .. } => c.iter().map(Vec::len).sum::<usize>() + 256,
             _ => 256,
         }
     }
 
     fn needs_sync(&self) -> bool {
-        !matches!(self, Work::Chunks(_))
+        !matches!(self, Work::Chunks { .. })
     }
 }
 
@@ -96,6 +100,7 @@ pub(crate) enum Outcome {
     },
     Pfs,
     Pruned(crate::prune::PruneReport),
+    Reclaimed(crate::reclaim::ReclaimStep),
 }
 
 /// Work and where to answer.
@@ -128,6 +133,10 @@ pub struct Stats {
     pub commit_latency: crate::latency::LatencyHistogram,
     /// `fdatasync` calls.
     pub fsync_latency: crate::latency::LatencyHistogram,
+    /// Segments space reclaim freed.
+    pub segments_freed: AtomicU64,
+    /// Bytes of live records space reclaim copied to the head of the log.
+    pub reclaim_copied_bytes: AtomicU64,
 }
 
 /// State the writer shares with readers.
@@ -138,9 +147,41 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// Chunk buffers for reuse: taken by `put_file`, given back once written.
     pub chunk_bufs: ChunkBufs,
+    /// Held (shared) by readers while they read at an LSN taken from the index; space reclaim
+    /// frees a segment only when it can take it exclusively, so a slot is never reused under a
+    /// reader.
+    pub free_gate: RwLock<()>,
+    /// Open transactions: space reclaim keeps the chunks they placed.
+    pub open_txns: Mutex<HashSet<u64>>,
+    /// The id of the next transaction.
+    pub next_txn: AtomicU64,
 }
 
 impl Shared {
+    /// Registers an open transaction; returns its id.
+    pub fn txn_begin(&self) -> u64 {
+        let id = self.next_txn.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open_txns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id);
+        id
+    }
+
+    pub fn txn_done(&self, id: u64) {
+        self.open_txns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    pub fn txn_open(&self, id: u64) -> bool {
+        self.open_txns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&id)
+    }
+
     pub fn poisoned(&self) -> Option<String> {
         self.poisoned
             .lock()
@@ -182,6 +223,8 @@ pub(crate) struct Writer {
     /// Which chunks may be stored: spares the index a lookup for each new chunk.
     pub known_chunks: ChunkFilter,
     pub unsynced: u64,
+    /// Space reclaim's pass and pins.
+    pub reclaim: crate::reclaim::ReclaimState,
 }
 
 impl Writer {
@@ -221,6 +264,7 @@ impl Writer {
             return;
         }
         let group_mark = self.app.mark();
+        self.reclaim.maybe_forget_pins(&self.shared, &*self.index);
         let index = Arc::clone(&self.index);
         let saved_pending = self.pending.clone();
         let mut layer = Overlay::new(&*index, std::mem::take(&mut self.pending));
@@ -245,9 +289,14 @@ impl Writer {
         for sub in &mut group {
             let mark = self.app.mark();
             let mut child = Overlay::new(&layer, Writes::new());
+            let mut ctx = Ctx {
+                known: &mut self.known_chunks,
+                reclaim: &mut self.reclaim,
+                shared: &self.shared,
+            };
             match execute(
                 &mut self.app,
-                &mut self.known_chunks,
+                &mut ctx,
                 &disk,
                 &mut child,
                 &mut sub.work,
@@ -265,6 +314,10 @@ impl Writer {
                 Err(e) => {
                     drop(child);
                     self.app.rewind(mark);
+                    if matches!(sub.work, Work::Reclaim(_)) {
+                        self.reclaim.abandon();
+                        self.reclaim.pending_free = None;
+                    }
                     results.push(Err(e));
                 }
             }
@@ -301,7 +354,23 @@ impl Writer {
         });
         match outcome {
             Ok(()) => {
+                if self.reclaim.pending_free.is_some() && self.free_segment() {
+                    if let Some(Ok(Outcome::Reclaimed(step))) = results
+                        .iter_mut()
+                        .find(|r| matches!(r, Ok(Outcome::Reclaimed(_))))
+                    {
+                        step.freed_segments += 1;
+                        step.in_pass = false;
+                    }
+                }
                 let stats = &self.shared.stats;
+                for r in results.iter().flatten() {
+                    if let Outcome::Reclaimed(step) = r {
+                        stats
+                            .reclaim_copied_bytes
+                            .fetch_add(step.copied_bytes, Ordering::Relaxed);
+                    }
+                }
                 stats.commits.fetch_add(commits, Ordering::Relaxed);
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 for (pfs, head) in notify {
@@ -321,6 +390,8 @@ impl Writer {
                 self.app.next_seg_seq = next_seg;
                 self.app.new_segments.clear();
                 self.pending = saved_pending;
+                self.reclaim.abandon();
+                self.reclaim.pending_free = None;
                 let msg = e.to_string();
                 let full = matches!(e, Error::DeviceFull { .. });
                 if !full {
@@ -338,6 +409,58 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Frees the segment space reclaim finished cleaning, once its reclaim record is durable:
+    /// flushes the index (so that the position it covers durably lies past the copies), then,
+    /// when no reader holds the free gate, clears the segment's header and marks its slot free.
+    /// Returns whether it freed it; when not, the next group tries again.
+    fn free_segment(&mut self) -> bool {
+        let Some(seq) = self.reclaim.pending_free else {
+            return false;
+        };
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "index flush before freeing a segment failed; trying again later");
+            return false;
+        }
+        let Ok(_gate) = self.shared.free_gate.try_write() else {
+            return false;
+        };
+        let slot = {
+            let map = self
+                .map
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.by_seq.get(&seq) {
+                Some(h) => h.slot,
+                None => {
+                    self.reclaim.pending_free = None;
+                    return false;
+                }
+            }
+        };
+        let cleared = self
+            .dev
+            .write_at(
+                &vec![0u8; crate::device::BLOCK as usize],
+                self.dev.superblock().slot_offset(slot),
+            )
+            .and_then(|()| self.dev.sync());
+        if let Err(e) = cleared {
+            tracing::warn!(error = %e, seq, slot, "clearing a reclaimed segment's header failed; trying again later");
+            return false;
+        }
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(seq);
+        self.reclaim.pending_free = None;
+        self.shared
+            .stats
+            .segments_freed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(seq, slot, "space reclaim freed a segment");
+        true
     }
 
     /// Writes the assembled units, and syncs when asked. Returns the bytes written.
@@ -401,12 +524,20 @@ fn place(
     apply_record(ov, lsn, rec)
 }
 
+/// What `execute` needs of the writer besides the appender.
+struct Ctx<'a> {
+    known: &'a mut ChunkFilter,
+    reclaim: &'a mut crate::reclaim::ReclaimState,
+    shared: &'a Shared,
+}
+
 fn place_chunk(
     app: &mut Appender,
-    known: &mut ChunkFilter,
+    ctx: &mut Ctx<'_>,
     map: &SegmentMap,
     ov: &mut Overlay<'_>,
     framed: Vec<u8>,
+    pin: crate::reclaim::Pin,
 ) -> Result<()> {
     let f = parse_frame(&framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
     let rec = Record::decode(f.kind, f.payload)
@@ -414,10 +545,13 @@ fn place_chunk(
     let Record::Chunk { hash, .. } = &rec else {
         return Err(Error::Invalid("expected a chunk record".into()));
     };
-    if known.may_contain(hash) && schema::chunk_loc(ov, hash)?.is_some() {
+    // A transaction may reference this chunk from now on (written or found stored): space
+    // reclaim keeps it while the transaction is open.
+    ctx.reclaim.touch(hash, pin);
+    if ctx.known.may_contain(hash) && schema::chunk_loc(ov, hash)?.is_some() {
         return Ok(());
     }
-    known.insert(hash);
+    ctx.known.insert(hash);
     let lsn = app.place(framed, map, false)?;
     apply_record(ov, lsn, &rec)
 }
@@ -449,7 +583,7 @@ impl OnDisk<'_> {
 
 fn execute(
     app: &mut Appender,
-    known: &mut ChunkFilter,
+    ctx: &mut Ctx<'_>,
     disk: &OnDisk<'_>,
     ov: &mut Overlay<'_>,
     work: &mut Work,
@@ -458,13 +592,14 @@ fn execute(
     let map = disk.map;
     // Chunk buffers move into the flush unit rather than being copied.
     match work {
-        Work::Chunks(chunks) => {
+        Work::Chunks { txn, chunks } => {
             for c in std::mem::take(chunks) {
-                place_chunk(app, known, map, ov, c)?;
+                place_chunk(app, ctx, map, ov, c, crate::reclaim::Pin::Txn(*txn))?;
             }
             Ok(Outcome::Written)
         }
         Work::Commit {
+            txn,
             pfs,
             intents,
             chunks,
@@ -472,7 +607,7 @@ fn execute(
             let p = exec::writable_pfs(ov, pfs)?;
             let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
             for c in std::mem::take(chunks) {
-                place_chunk(app, known, map, ov, c)?;
+                place_chunk(app, ctx, map, ov, c, crate::reclaim::Pin::Txn(*txn))?;
             }
             match exec::commit(ov, &p, intents, Tid::now())? {
                 None => Ok(Outcome::Committed(None, 0)),
@@ -501,9 +636,9 @@ fn execute(
                 }
                 Ok(p)
             };
-            load(ov)?;
+            let slave = load(ov)?.id;
             for c in std::mem::take(chunks) {
-                place_chunk(app, known, map, ov, c)?;
+                place_chunk(app, ctx, map, ov, c, crate::reclaim::Pin::Slave(slave))?;
             }
             for change in changes {
                 let p = load(ov)?;
@@ -545,6 +680,10 @@ fn execute(
                 place(app, map, ov, &rec, true)?;
             }
             Ok(Outcome::Pruned(report))
+        }
+        Work::Reclaim(budget) => {
+            crate::reclaim::step(disk.dev, map, app, ov, ctx.reclaim, *budget, ctx.shared)
+                .map(Outcome::Reclaimed)
         }
         Work::Sync => Ok(Outcome::Written),
     }
