@@ -820,6 +820,58 @@ mod tests {
     }
 
     #[test]
+    fn a_relocated_copy_parses_to_the_original_record_and_its_first_lsn() {
+        let rec = Record::Commit {
+            pfs: 2,
+            change: Change {
+                tid: Tid(10),
+                chain: [3; 32],
+                ops: vec![Op::Delete {
+                    path: path("x"),
+                    supersedes: Tid(4),
+                }],
+            },
+        };
+        let copy = frame_relocated(KIND_COMMIT, 0xABCD, &rec.encode_payload());
+        let f = parse_frame(&copy).expect("valid frame");
+        assert_eq!(f.orig_lsn, Some(0xABCD));
+        assert_eq!(f.total_len, copy.len());
+        assert_eq!(Record::decode(f.kind, f.payload).expect("decodes"), rec);
+        // A copy of a copy keeps the first LSN, and chunks relocate the same way.
+        let again = frame_relocated(f.kind, f.orig_lsn.expect("set"), f.payload);
+        assert_eq!(again, copy);
+        let (cref, chunk) = encode_chunk(b"data");
+        let c = parse_frame(&chunk).expect("chunk");
+        assert_eq!(c.orig_lsn, None);
+        let moved = frame_relocated(c.kind, 77, c.payload);
+        let m = parse_frame(&moved).expect("moved chunk");
+        assert_eq!(m.orig_lsn, Some(77));
+        assert_eq!(&m.payload[32..], b"data");
+        assert_eq!(
+            Record::decode(m.kind, m.payload).expect("decodes"),
+            Record::Chunk {
+                hash: cref.hash,
+                len: 4
+            }
+        );
+        // Flags it does not know make a record invalid rather than misread.
+        let mut odd = chunk.clone();
+        odd[5] = 0x80;
+        let crc = crc32c::crc32c(&odd[4..]);
+        odd[..4].copy_from_slice(&crc.to_le_bytes());
+        assert!(parse_frame(&odd).is_err());
+        let reclaim = Record::Reclaim {
+            from: 1 << 22,
+            to: 2 << 22,
+            chunks: vec![[1; 32]],
+            links: vec![(3, Tid(9))],
+        };
+        let f2 = reclaim.encode();
+        let f = parse_frame(&f2).expect("frame");
+        assert_eq!(Record::decode(f.kind, f.payload).expect("decodes"), reclaim);
+    }
+
+    #[test]
     fn a_flipped_bit_fails_the_checksum() {
         let (_, mut buf) = encode_chunk(b"some data");
         buf[20] ^= 0x10;

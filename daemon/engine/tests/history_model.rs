@@ -425,6 +425,13 @@ enum Action {
     Snapshot(usize),
     /// Let the clock move on, so that commits spread over the policy's slots.
     Sleep(u64),
+    /// Write a MiB to another PFS that keeps only its head, prune it, and let space reclaim
+    /// clean until it freed a segment: the log laps the device, and the model PFS's records are
+    /// copied (again and again) to its head.
+    Fill(u64),
+    /// Run this many steps of space reclaim of 256 KiB each (which may stop in the middle of a
+    /// pass).
+    Reclaim(usize),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -434,6 +441,8 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(ms, hold)| Action::Prune(ms, hold)),
         1 => (0..8usize).prop_map(Action::Snapshot),
         2 => (1..120u64).prop_map(Action::Sleep),
+        3 => any::<u64>().prop_map(Action::Fill),
+        2 => (1..12usize).prop_map(Action::Reclaim),
     ]
 }
 
@@ -539,8 +548,35 @@ fn run_retention(policy: &str, actions: Vec<Action>) {
     let mut states = vec![(created, Model::new())];
     let mut kept = vec![0usize];
     let mut snapshots = Vec::new();
+    let filler = name("filler");
+    e.create_pfs(&filler, PfsOptions::default())
+        .expect("create the filler");
+    e.set_retention(&filler, "0s".parse().expect("a valid policy"))
+        .expect("set retention");
     for a in actions {
         match a {
+            Action::Fill(seed) => {
+                let mut tx = e.begin(&filler).expect("begin");
+                let data: Vec<u8> = (0..(1u64 << 20))
+                    .map(|i| (seed.wrapping_add(i).wrapping_mul(0x9E37_79B9)) as u8)
+                    .collect();
+                tx.put_bytes(&p("f"), file_attrs(), &data).expect("put");
+                tx.commit().expect("commit");
+                e.prune(&filler, repld_engine::PruneOptions::now())
+                    .expect("prune the filler");
+                loop {
+                    let s = e.reclaim_step(1 << 20).expect("reclaim");
+                    if s.freed_segments > 0 || s.idle {
+                        break;
+                    }
+                }
+            }
+            Action::Reclaim(steps) => {
+                for _ in 0..steps {
+                    e.reclaim_step(256 << 10).expect("reclaim");
+                }
+                check_retained(&e, &pfs, &states, &kept, "after reclaim steps");
+            }
             Action::Txn(aim, seeds) => {
                 let before = states.len();
                 step(&e, &pfs, &mut states, aim, &seeds);
@@ -576,12 +612,21 @@ fn run_retention(policy: &str, actions: Vec<Action>) {
         }
     }
     check_retained(&e, &pfs, &states, &kept, "at the end");
+    let index = e.index_dump().expect("dump the index");
     drop(e);
     let e = Engine::open(options(dir.path(), size)).expect("reopen");
     check_retained(&e, &pfs, &states, &kept, "after reopen");
+    assert!(
+        e.index_dump().expect("dump") == index,
+        "the index after a reopen is the one the engine kept"
+    );
     drop(e);
     let e = Engine::open(mem_options(dir.path(), size)).expect("open with a rebuilt index");
     check_retained(&e, &pfs, &states, &kept, "after an index rebuild");
+    assert!(
+        e.index_dump().expect("dump") == index,
+        "the index rebuilt from the device is the one the engine kept"
+    );
     assert_eq!(
         e.pfs(&pfs).expect("pfs").retention,
         policy,

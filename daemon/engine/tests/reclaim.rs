@@ -451,3 +451,38 @@ fn chunks_of_a_partly_received_tid_survive_cleaning() {
     assert_eq!(cp.synced, change.tid);
     assert_eq!(e.read_file(&s, &p("big"), &At::Head).expect("read"), data);
 }
+
+#[test]
+fn a_pruned_commit_is_copied_with_only_the_ops_its_surviving_versions_need() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 48 << 20;
+    let e = Engine::open(options(dir.path(), size)).expect("open");
+    let pfs = name("data");
+    e.create_pfs(&pfs, PfsOptions::default()).expect("create");
+    e.set_retention(&pfs, head_only()).expect("retention");
+    // c puts a and b; d and then f overwrite a. Pruning to the head drops c and d, and every
+    // version of a but f's; b (created by c) survives, so c is still needed, for b only.
+    let mut tx = e.begin(&pfs).expect("begin");
+    tx.put_bytes(&p("a"), file_attrs(), b"a1").expect("put");
+    tx.put_bytes(&p("b"), file_attrs(), b"b1").expect("put");
+    let c = tx.commit().expect("commit").expect("tid");
+    put(&e, &pfs, "a", b"a2");
+    let f = put(&e, &pfs, "a", b"a3");
+    prune_now(&e, &pfs);
+    assert_eq!(e.history(&pfs, &p("a")).expect("history").len(), 1);
+    let filler = name("filler");
+    e.create_pfs(&filler, PfsOptions::default()).expect("create");
+    for i in 0..4 {
+        put(&e, &filler, &format!("f{i}"), &pattern(i, 3 * MIB / 2));
+    }
+    assert_eq!(finish_pass(&e, 1 << 20), 1, "the first segment is freed");
+    let kept = e.index_dump().expect("dump");
+    drop(e);
+    let e = Engine::open(mem_options(dir.path(), size)).expect("rebuild");
+    assert_same_index(&kept, &e.index_dump().expect("dump"), "rebuild");
+    let a = e.history(&pfs, &p("a")).expect("history");
+    assert_eq!(a.iter().map(|v| v.created).collect::<Vec<_>>(), vec![f]);
+    let b = e.history(&pfs, &p("b")).expect("history");
+    assert_eq!(b.iter().map(|v| v.created).collect::<Vec<_>>(), vec![c]);
+    assert_eq!(e.read_file(&pfs, &p("b"), &At::Head).expect("read"), b"b1");
+}
