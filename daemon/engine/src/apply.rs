@@ -14,6 +14,18 @@ use crate::schema::{self, ChunkLoc, PfsRecord, VersionVal};
 
 /// Applies `rec`, found at `lsn`, to `ov`.
 pub(crate) fn apply_record(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> Result<()> {
+    apply_record_skipping(ov, lsn, rec, &[])
+}
+
+/// Applies `rec`, found at `lsn`, to `ov`, without creating the versions of the ops at the
+/// indexes `skip` (a copy of a commit whose versions were gone when space reclaim copied it;
+/// their ends of older versions still apply).
+pub(crate) fn apply_record_skipping(
+    ov: &mut Overlay<'_>,
+    lsn: u64,
+    rec: &Record,
+    skip: &[u32],
+) -> Result<()> {
     match rec {
         Record::Chunk { hash, len } => {
             ov.put(
@@ -21,7 +33,7 @@ pub(crate) fn apply_record(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> Resu
                 ChunkLoc { lsn, len: *len }.encode(),
             );
         }
-        Record::Commit { pfs, change } => apply_commit(ov, lsn, *pfs, change)?,
+        Record::Commit { pfs, change } => apply_commit(ov, lsn, *pfs, change, skip)?,
         Record::Pfs(ev) => apply_pfs_event(ov, ev)?,
         Record::Checkpoint {
             pfs,
@@ -41,7 +53,11 @@ pub(crate) fn apply_record(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> Resu
             to,
             chunks,
             links,
+            versions,
         } => {
+            for (pfs, path, created) in versions {
+                ov.remove(schema::version_key(*pfs, path, *created));
+            }
             for h in chunks {
                 if schema::chunk_loc(ov, h)?.is_some_and(|l| (*from..*to).contains(&l.lsn)) {
                     ov.remove(schema::chunk_key(h));
@@ -82,14 +98,20 @@ pub(crate) fn apply_relocated(ov: &mut Overlay<'_>, lsn: u64, rec: &Record) -> R
     Ok(())
 }
 
-fn apply_commit(ov: &mut Overlay<'_>, lsn: u64, pfs: u32, change: &Change) -> Result<()> {
+fn apply_commit(
+    ov: &mut Overlay<'_>,
+    lsn: u64,
+    pfs: u32,
+    change: &Change,
+    skip: &[u32],
+) -> Result<()> {
     let Some(mut p) = schema::pfs_by_id(ov, pfs)? else {
         // Cannot happen in a valid log: the writer refuses commits to unknown PFSes, and no
         // commit of a PFS follows its destroy.
         return Ok(());
     };
     let tid = change.tid;
-    for op in &change.ops {
+    for (i, op) in change.ops.iter().enumerate() {
         let (path, supersedes) = match op {
             Op::Put {
                 path, supersedes, ..
@@ -99,7 +121,9 @@ fn apply_commit(ov: &mut Overlay<'_>, lsn: u64, pfs: u32, change: &Change) -> Re
         if let Some(old) = supersedes {
             end_version(ov, &p, path, old, tid)?;
         }
-        if let Op::Put { path, meta, .. } = op {
+        if let Op::Put { path, meta, .. } = op
+            && !skip.contains(&(i as u32))
+        {
             let v = VersionVal {
                 meta: meta.clone(),
                 deleted: Tid::MAX,

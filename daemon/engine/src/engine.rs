@@ -826,8 +826,9 @@ fn replay_from(
             if lsn >= until {
                 continue;
             }
-            let (kind, _, payload) = crate::reclaim::read_record_raw(dev, map, lsn)?;
-            apply_record(&mut ov, lsn, &decode_at(lsn, kind, &payload)?)?;
+            let (kind, _, skip, payload) = crate::reclaim::read_record_raw(dev, map, lsn)?;
+            let rec = decode_at(lsn, kind, &payload)?;
+            crate::apply::apply_record_skipping(&mut ov, lsn, &rec, &skip)?;
             if ov.writes.len() >= FLUSH_EVERY {
                 index.apply(&ov.writes)?;
                 ov.writes.clear();

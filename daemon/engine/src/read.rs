@@ -320,8 +320,9 @@ impl Engine {
                 ))
             })?;
             // A recycled record buffer: no zero-fill of a fresh MiB per chunk read. A copy made by
-            // space reclaim has 8 more bytes (its original LSN) before the payload.
-            let total = RECORD_HEADER + 8 + 32 + loc.len as usize;
+            // space reclaim has 12 more bytes (its original LSN and an empty op list) before the
+            // payload.
+            let total = RECORD_HEADER + 12 + 32 + loc.len as usize;
             let bufs = &self.inner.shared.chunk_bufs;
             let mut buf = if total <= CHUNK_RECORD_LEN {
                 bufs.take()
@@ -379,7 +380,7 @@ impl Engine {
         let Some((_, off)) = located else {
             return Ok(false);
         };
-        // A record may end within 8 bytes of the device's last slot; the backup superblock
+        // A record may end within 12 bytes of the device's last slot; the backup superblock
         // follows it, so an over-read stays on the device.
         self.inner.dev.read_at(buf, off)?;
         Ok(true)

@@ -19,9 +19,12 @@
 //!   work since the pass began (its view of what versions reference is from its start); and,
 //!   while a slave PFS has a partly received TID that began before the engine opened (the pins
 //!   are kept in memory), every chunk;
-//! - a commit whose `T` entry points at it (copied as it is), or a pruned commit (no `T` entry)
-//!   that created or ended a version that still exists (copied with only those ops: a rebuild
-//!   then recreates exactly the surviving versions and their delete TIDs);
+//! - a commit whose `T` entry points at it, or a pruned commit (no `T` entry) that created or
+//!   ended a version that still exists. A copy of a commit lists the ops whose versions are gone
+//!   (a rebuild does not create them; its ends of older versions still apply), and the reclaim
+//!   record of a segment lists the versions that the commits it drops had ended and that are
+//!   gone, which a rebuild removes in case an earlier copy created them. So a rebuild recreates
+//!   exactly the versions that exist, with their delete TIDs;
 //! - every PFS event (they are small, and together they rebuild the catalog, the snapshots and
 //!   the pruned ranges, and keep PFS ids from being reused);
 //! - the newest checkpoint of each PFS.
@@ -32,14 +35,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use repl_types::Tid;
+use repl_types::{EntryPath, Tid};
 
 use crate::apply::{apply_record, apply_relocated};
 use crate::device::{BLOCK, Device};
 use crate::error::{Error, Result};
 use crate::index::{KvRead, Overlay};
 use crate::log::{Appender, LogPos, ScanEvent, SegmentMap, scan};
-use crate::record::{Change, Hash, Op, Record, frame_relocated, kind_of, parse_frame};
+use crate::record::{Change, Hash, Op, Record, frame_relocated, parse_frame};
 use crate::schema::{self, VersionVal};
 use crate::writer::Shared;
 
@@ -146,6 +149,8 @@ struct Pass {
     skipped: Vec<(u64, Hash)>,
     /// Pruned commits not copied: their chain links go with the segment.
     links: Vec<(u32, Tid)>,
+    /// Versions that pruned commits not copied ended, and that are gone.
+    versions: Vec<(u32, EntryPath, Tid)>,
 }
 
 /// One step of reclaim: reads up to `budget` bytes of the tail segment and copies its live
@@ -206,6 +211,7 @@ pub(crate) fn step(
             pin_all,
             skipped: Vec::new(),
             links: Vec::new(),
+            versions: Vec::new(),
         });
     }
     let pass = rs.pass.as_mut().expect("a pass was started");
@@ -229,7 +235,7 @@ pub(crate) fn step(
             Record::Chunk { hash, .. } => {
                 if schema::chunk_loc(ov, hash)?.is_some_and(|l| l.lsn == lsn) {
                     if pass.pin_all || pass.vset.contains(hash) || touched.contains_key(hash) {
-                        Some((rec.clone(), f.payload.to_vec()))
+                        Some(Vec::new())
                     } else {
                         pass.skipped.push((lsn, *hash));
                         None
@@ -238,42 +244,58 @@ pub(crate) fn step(
                     None
                 }
             }
-            Record::Commit { pfs, change } => match ov.get(&schema::tid_key(*pfs, change.tid))? {
-                Some(v) if v.as_slice() == lsn.to_le_bytes() => {
-                    Some((rec.clone(), f.payload.to_vec()))
-                }
-                Some(_) => None,
-                None => {
-                    let needed = pass.vtids.get(pfs).is_some_and(|t| t.contains(&change.tid));
-                    match needed.then(|| filter_ops(ov, *pfs, change)).transpose()? {
-                        Some(Some(kept)) => {
-                            let r = Record::Commit {
-                                pfs: *pfs,
-                                change: kept,
-                            };
-                            let payload = r.encode_payload();
-                            Some((r, payload))
+            Record::Commit { pfs, change } => {
+                let by_tid = ov.get(&schema::tid_key(*pfs, change.tid))?;
+                let (skip, ends) = gone_ops(ov, *pfs, change)?;
+                let live = match &by_tid {
+                    Some(v) => v.as_slice() == lsn.to_le_bytes(),
+                    // A pruned commit: needed while a version it created or ended exists.
+                    None => {
+                        pass.vtids.get(pfs).is_some_and(|t| t.contains(&change.tid))
+                            && (skip.len() < puts(change) || ends)
+                    }
+                };
+                if live {
+                    Some(skip)
+                } else {
+                    if by_tid.is_none() {
+                        if ov.get(&schema::link_key(*pfs, change.tid))?.is_some() {
+                            pass.links.push((*pfs, change.tid));
                         }
-                        _ => {
-                            if ov.get(&schema::link_key(*pfs, change.tid))?.is_some() {
-                                pass.links.push((*pfs, change.tid));
+                        // Versions it ended that are gone: a copy made earlier may create them
+                        // in a rebuild, which must not keep them.
+                        for op in &change.ops {
+                            let (path, old) = match op {
+                                Op::Put {
+                                    path,
+                                    supersedes: Some(old),
+                                    ..
+                                }
+                                | Op::Delete {
+                                    path,
+                                    supersedes: old,
+                                } => (path, *old),
+                                Op::Put { .. } => continue,
+                            };
+                            if ov.get(&schema::version_key(*pfs, path, old))?.is_none() {
+                                pass.versions.push((*pfs, path.clone(), old));
                             }
-                            None
                         }
                     }
+                    None
                 }
-            },
-            Record::Pfs(_) => Some((rec.clone(), f.payload.to_vec())),
+            }
+            Record::Pfs(_) => Some(Vec::new()),
             Record::Checkpoint { pfs, .. } => schema::pfs_by_id(ov, *pfs)?
                 .filter(|p| p.checkpoint_lsn == lsn)
-                .map(|_| (rec.clone(), f.payload.to_vec())),
+                .map(|_| Vec::new()),
             Record::Reclaim { .. } => None,
         };
-        if let Some((r, payload)) = copy {
-            let framed = frame_relocated(kind_of(&r), orig, &payload);
+        if let Some(skip) = copy {
+            let framed = frame_relocated(f.kind, orig, &skip, f.payload);
             out.copied_bytes += framed.len() as u64;
             let at = app.place(framed, map, true)?;
-            apply_relocated(ov, at, &r)?;
+            apply_relocated(ov, at, &rec)?;
         }
         Ok(())
     })?;
@@ -303,9 +325,9 @@ pub(crate) fn step(
             continue;
         }
         if pass.pin_all || rs.touched.contains_key(hash) {
-            let (kind, orig, payload) = read_record_raw(dev, map, *lsn)?;
+            let (kind, orig, _, payload) = read_record_raw(dev, map, *lsn)?;
             let r = Record::decode(kind, &payload).map_err(|e| Error::Index(e.to_string()))?;
-            let framed = frame_relocated(kind, orig, &payload);
+            let framed = frame_relocated(kind, orig, &[], &payload);
             out.copied_bytes += framed.len() as u64;
             let at = app.place(framed, map, true)?;
             apply_relocated(ov, at, &r)?;
@@ -318,6 +340,7 @@ pub(crate) fn step(
         to: seg_end,
         chunks: dead,
         links: pass.links,
+        versions: pass.versions,
     };
     let at = app.place(rec.encode(), map, true)?;
     apply_record(ov, at, &rec)?;
@@ -325,55 +348,39 @@ pub(crate) fn step(
     Ok(out)
 }
 
-/// The ops of a pruned commit that the surviving versions still need: those that created a
-/// version that still exists, and the ends of versions that still exist with this TID as their
-/// delete TID. `None` when none is needed.
-fn filter_ops(kv: &dyn KvRead, pfs: u32, change: &Change) -> Result<Option<Change>> {
+/// The ops of a commit whose versions no longer exist (a rebuild does not create them), and
+/// whether a version it ended still exists with its TID as the delete TID.
+fn gone_ops(kv: &dyn KvRead, pfs: u32, change: &Change) -> Result<(Vec<u32>, bool)> {
     let tid = change.tid;
-    let ended = |path, old: Tid| -> Result<bool> {
-        Ok(kv
-            .get(&schema::version_key(pfs, path, old))?
-            .map(|v| VersionVal::decode(&v))
-            .transpose()?
-            .is_some_and(|v| v.deleted == tid))
-    };
-    let mut ops = Vec::new();
-    for op in &change.ops {
-        match op {
+    let mut skip = Vec::new();
+    let mut ends = false;
+    for (i, op) in change.ops.iter().enumerate() {
+        let old = match op {
             Op::Put {
-                path,
-                meta,
-                supersedes,
+                path, supersedes, ..
             } => {
-                let ends = match supersedes {
-                    Some(old) if ended(path, *old)? => Some(*old),
-                    _ => None,
-                };
-                if kv.get(&schema::version_key(pfs, path, tid))?.is_some() {
-                    ops.push(Op::Put {
-                        path: path.clone(),
-                        meta: meta.clone(),
-                        supersedes: ends,
-                    });
-                } else if let Some(old) = ends {
-                    ops.push(Op::Delete {
-                        path: path.clone(),
-                        supersedes: old,
-                    });
+                if kv.get(&schema::version_key(pfs, path, tid))?.is_none() {
+                    skip.push(i as u32);
                 }
+                supersedes.map(|o| (path, o))
             }
-            Op::Delete { path, supersedes } => {
-                if ended(path, *supersedes)? {
-                    ops.push(op.clone());
-                }
-            }
+            Op::Delete { path, supersedes } => Some((path, *supersedes)),
+        };
+        if let Some((path, old)) = old
+            && let Some(v) = kv.get(&schema::version_key(pfs, path, old))?
+        {
+            ends |= VersionVal::decode(&v)?.deleted == tid;
         }
     }
-    Ok((!ops.is_empty()).then(|| Change {
-        tid,
-        chain: change.chain,
-        ops,
-    }))
+    Ok((skip, ends))
+}
+
+fn puts(change: &Change) -> usize {
+    change
+        .ops
+        .iter()
+        .filter(|op| matches!(op, Op::Put { .. }))
+        .count()
 }
 
 fn created_of(key: &[u8]) -> Result<Tid> {
@@ -393,7 +400,7 @@ pub(crate) fn read_record_raw(
     dev: &Device,
     map: &SegmentMap,
     lsn: u64,
-) -> Result<(u8, u64, Vec<u8>)> {
+) -> Result<(u8, u64, Vec<u32>, Vec<u8>)> {
     let (slot, off) = map
         .locate(lsn)
         .ok_or_else(|| Error::Index(format!("no segment holds LSN {lsn:#x}")))?;
@@ -416,5 +423,10 @@ pub(crate) fn read_record_raw(
         offset: off,
         detail: why.to_owned(),
     })?;
-    Ok((f.kind, f.orig_lsn.unwrap_or(lsn), f.payload.to_vec()))
+    Ok((
+        f.kind,
+        f.orig_lsn.unwrap_or(lsn),
+        f.skipped_ops(),
+        f.payload.to_vec(),
+    ))
 }

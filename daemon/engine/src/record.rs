@@ -11,8 +11,10 @@
 //! encoded by the thread that produces it.
 //!
 //! A record that space reclaim copied to the head of the log carries [`FLAG_RELOCATED`] in its
-//! flags, and its payload starts with the LSN of the first write of the record (`orig_lsn u64`),
-//! then the original payload. [`parse_frame`] strips that prefix: every other parser sees the
+//! flags, and its payload starts with a prefix: the LSN of the first write of the record
+//! (`orig_lsn u64`), then `count u32` and that many op indexes `u32` (for a commit: the puts
+//! whose versions no longer existed when it was copied, which an index rebuild does not create),
+//! then the original payload. [`parse_frame`] strips the prefix: every other parser sees the
 //! original payload, and [`Framed::orig_lsn`] says where the record logically belongs.
 
 use repl_types::{EntryPath, Tid};
@@ -347,12 +349,16 @@ pub(crate) enum Record {
     },
     /// Space reclaim freed the segment holding LSNs `[from, to)`: the chunk entries that still
     /// point there for these hashes go (their chunks were dead), and so do the chain links of
-    /// these commits when they have no by-TID entry (pruned commits that were not copied).
+    /// these commits when they have no by-TID entry (pruned commits that were not copied), and
+    /// so do these versions.
     Reclaim {
         from: u64,
         to: u64,
         chunks: Vec<Hash>,
         links: Vec<(u32, Tid)>,
+        /// Versions (pfs, path, create TID) that no longer exist and whose ending commit went
+        /// with the segment: a rebuild removes them if a copy made earlier created them.
+        versions: Vec<(u32, EntryPath, Tid)>,
     },
 }
 
@@ -368,27 +374,25 @@ const KIND_RECLAIM: u8 = 5;
 pub(crate) const FLAG_RELOCATED: u8 = 0x01;
 
 /// A relocated copy of a record: `kind` and `payload` as [`parse_frame`] returned them (the
-/// original payload), and the LSN of the record's first write.
-pub(crate) fn frame_relocated(kind: u8, orig_lsn: u64, payload: &[u8]) -> Vec<u8> {
-    let mut buf = frame(kind, 8 + payload.len(), |b| {
+/// original payload), the LSN of the record's first write, and the ops whose versions a rebuild
+/// does not create.
+pub(crate) fn frame_relocated(kind: u8, orig_lsn: u64, skip: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut buf = frame(kind, 12 + 4 * skip.len() + payload.len(), |b| {
         b.extend_from_slice(&orig_lsn.to_le_bytes());
+        b.extend_from_slice(
+            &u32::try_from(skip.len())
+                .expect("ops are bounded")
+                .to_le_bytes(),
+        );
+        for i in skip {
+            b.extend_from_slice(&i.to_le_bytes());
+        }
         b.extend_from_slice(payload);
     });
     buf[5] = FLAG_RELOCATED;
     let crc = crc32c::crc32c(&buf[4..]);
     buf[..4].copy_from_slice(&crc.to_le_bytes());
     buf
-}
-
-/// The kind code of a record.
-pub(crate) fn kind_of(rec: &Record) -> u8 {
-    match rec {
-        Record::Chunk { .. } => KIND_CHUNK,
-        Record::Commit { .. } => KIND_COMMIT,
-        Record::Pfs(_) => KIND_PFS,
-        Record::Checkpoint { .. } => KIND_CHECKPOINT,
-        Record::Reclaim { .. } => KIND_RECLAIM,
-    }
 }
 
 fn role_code(r: Role) -> u8 {
@@ -539,6 +543,7 @@ impl Record {
                 to,
                 chunks,
                 links,
+                versions,
             } => {
                 e.u64(*from).u64(*to);
                 e.u32(u32::try_from(chunks.len()).expect("bounded by a segment"));
@@ -549,6 +554,10 @@ impl Record {
                 for (pfs, tid) in links {
                     e.u32(*pfs).u64(tid.get());
                 }
+                e.u32(u32::try_from(versions.len()).expect("bounded by a segment"));
+                for (pfs, path, tid) in versions {
+                    e.u32(*pfs).str(path.as_str()).u64(tid.get());
+                }
                 KIND_RECLAIM
             }
         };
@@ -557,6 +566,7 @@ impl Record {
     }
 
     /// The payload of a record other than a chunk, as [`Record::encode`] frames it.
+    #[cfg(test)]
     pub(crate) fn encode_payload(&self) -> Vec<u8> {
         self.encode()[RECORD_HEADER..].to_vec()
     }
@@ -657,11 +667,20 @@ impl Record {
                 for _ in 0..n {
                     links.push((d.u32()?, Tid(d.u64()?)));
                 }
+                let n = d.count(16)?;
+                let mut versions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let pfs = d.u32()?;
+                    let path =
+                        EntryPath::new(d.string()?).map_err(|_| DecodeError("invalid path"))?;
+                    versions.push((pfs, path, Tid(d.u64()?)));
+                }
                 Record::Reclaim {
                     from,
                     to,
                     chunks,
                     links,
+                    versions,
                 }
             }
             _ => return Err(DecodeError("unknown record kind")),
@@ -680,6 +699,19 @@ pub(crate) struct Framed<'a> {
     pub total_len: usize,
     /// For a copy made by space reclaim: the LSN of the record's first write.
     pub orig_lsn: Option<u64>,
+    /// For a copy of a commit: the indexes of the ops whose versions a rebuild does not create
+    /// (4 bytes each, little-endian; see [`Framed::skipped_ops`]).
+    pub skip: &'a [u8],
+}
+
+impl Framed<'_> {
+    /// The ops of a copied commit whose versions a rebuild does not create.
+    pub fn skipped_ops(&self) -> Vec<u32> {
+        self.skip
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
 }
 
 /// Parses and checksums the record at the start of `buf`.
@@ -700,20 +732,29 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Result<Framed<'_>, &'static str> {
     if flags & !FLAG_RELOCATED != 0 {
         return Err("unknown record flags");
     }
-    let (payload, orig_lsn) = if flags & FLAG_RELOCATED != 0 {
+    let (payload, orig_lsn, skip) = if flags & FLAG_RELOCATED != 0 {
         let p = &buf[RECORD_HEADER..total_len];
         let Some((orig, rest)) = p.split_first_chunk::<8>() else {
             return Err("relocated record without its original LSN");
         };
-        (rest, Some(u64::from_le_bytes(*orig)))
+        let Some((n, rest)) = rest.split_first_chunk::<4>() else {
+            return Err("relocated record without its op list");
+        };
+        let n = u32::from_le_bytes(*n) as usize;
+        if rest.len() < n.saturating_mul(4) {
+            return Err("relocated record's op list runs past it");
+        }
+        let (skip, rest) = rest.split_at(n * 4);
+        (rest, Some(u64::from_le_bytes(*orig)), skip)
     } else {
-        (&buf[RECORD_HEADER..total_len], None)
+        (&buf[RECORD_HEADER..total_len], None, &[][..])
     };
     Ok(Framed {
         kind: buf[4],
         payload,
         total_len,
         orig_lsn,
+        skip,
     })
 }
 
@@ -832,18 +873,24 @@ mod tests {
                 }],
             },
         };
-        let copy = frame_relocated(KIND_COMMIT, 0xABCD, &rec.encode_payload());
+        let copy = frame_relocated(KIND_COMMIT, 0xABCD, &[0], &rec.encode_payload());
         let f = parse_frame(&copy).expect("valid frame");
         assert_eq!(f.orig_lsn, Some(0xABCD));
+        assert_eq!(f.skipped_ops(), vec![0]);
         assert_eq!(f.total_len, copy.len());
         assert_eq!(Record::decode(f.kind, f.payload).expect("decodes"), rec);
         // A copy of a copy keeps the first LSN, and chunks relocate the same way.
-        let again = frame_relocated(f.kind, f.orig_lsn.expect("set"), f.payload);
+        let again = frame_relocated(
+            f.kind,
+            f.orig_lsn.expect("set"),
+            &f.skipped_ops(),
+            f.payload,
+        );
         assert_eq!(again, copy);
         let (cref, chunk) = encode_chunk(b"data");
         let c = parse_frame(&chunk).expect("chunk");
         assert_eq!(c.orig_lsn, None);
-        let moved = frame_relocated(c.kind, 77, c.payload);
+        let moved = frame_relocated(c.kind, 77, &[], c.payload);
         let m = parse_frame(&moved).expect("moved chunk");
         assert_eq!(m.orig_lsn, Some(77));
         assert_eq!(&m.payload[32..], b"data");
@@ -865,6 +912,7 @@ mod tests {
             to: 2 << 22,
             chunks: vec![[1; 32]],
             links: vec![(3, Tid(9))],
+            versions: vec![(3, path("a/b"), Tid(8))],
         };
         let f2 = reclaim.encode();
         let f = parse_frame(&f2).expect("frame");

@@ -471,7 +471,8 @@ fn a_pruned_commit_is_copied_with_only_the_ops_its_surviving_versions_need() {
     prune_now(&e, &pfs);
     assert_eq!(e.history(&pfs, &p("a")).expect("history").len(), 1);
     let filler = name("filler");
-    e.create_pfs(&filler, PfsOptions::default()).expect("create");
+    e.create_pfs(&filler, PfsOptions::default())
+        .expect("create");
     for i in 0..4 {
         put(&e, &filler, &format!("f{i}"), &pattern(i, 3 * MIB / 2));
     }
