@@ -311,6 +311,14 @@ pub struct PfsStatusJson {
     pub oldest_time: Option<String>,
     /// TID ranges that prunes made unreadable.
     pub pruned: Vec<TidRangeJson>,
+    /// Bytes of file data its kept versions reference (as the node last estimated them).
+    pub used_bytes: u64,
+    /// The device's bytes in segments in use.
+    pub device_used_bytes: u64,
+    /// Bytes of the device space reclaim can give back (as last estimated).
+    pub device_reclaimable_bytes: u64,
+    /// The device's bytes in free segments.
+    pub device_free_bytes: u64,
 }
 
 /// TIDs `from <= t < to`.
@@ -357,6 +365,10 @@ impl From<&PfsStatus> for PfsStatusJson {
             oldest_tid,
             oldest_time,
             pruned: ranges_json(&s.pruned),
+            used_bytes: s.used_bytes,
+            device_used_bytes: s.device_used_bytes,
+            device_reclaimable_bytes: s.device_reclaimable_bytes,
+            device_free_bytes: s.device_free_bytes,
         }
     }
 }

@@ -192,7 +192,9 @@ pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
                     "pfs          {}\nrole         {}\nhistory      {}\nretention    {} ({})\n\
                      shared uuid  {}\nhead         {}\ncreated      {}\noldest       {}\n\
                      files        {}\ndirs         {}\nsymlinks     {}\n\
-                     bytes        {} ({})\nversions     {}\nsnapshots    {}\npruned       {}\n",
+                     bytes        {} ({})\nversions     {}\nsnapshots    {}\npruned       {}\n\
+                     used         {} (data its kept versions reference)\n\
+                     device       {} used, {} reclaimable, {} free\n",
                     target.location(),
                     p.role,
                     if p.nohistory {
@@ -214,6 +216,10 @@ pub async fn run(ctx: &Ctx, cmd: PfsCommand) -> Result<()> {
                     s.versions,
                     s.snapshots,
                     pruned_lines(&s.pruned),
+                    output::bytes(s.used_bytes),
+                    output::bytes(s.device_used_bytes),
+                    output::bytes(s.device_reclaimable_bytes),
+                    output::bytes(s.device_free_bytes),
                 )
             })
         }

@@ -78,6 +78,41 @@ pub struct Config {
 
     /// Scheduled pruning of history by each PFS's retention policy.
     pub retention: RetentionConfig,
+
+    /// Space reclaim: giving back the space of pruned and deleted data.
+    pub reclaim: ReclaimConfig,
+}
+
+/// When and how fast the daemon reclaims space (see `docs/operations.md`, "Space").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReclaimConfig {
+    /// Whether the daemon reclaims space by itself. Default: `true`.
+    pub enabled: bool,
+    /// Bytes per second that reclaim reads at most (it writes at most as much). Default:
+    /// `32MiB`.
+    pub rate: ByteSize,
+    /// Reclaim starts when the reclaimable bytes exceed this percentage of the used bytes
+    /// (and stops when they are below half of it). Default: `25`.
+    pub threshold_percent: u8,
+    /// Reclaim also starts when free space falls below this percentage of the device.
+    /// Default: `10`.
+    pub min_free_percent: u8,
+    /// How often the daemon works out how much is reclaimable (for the decision, the metrics
+    /// and `replctl pfs status`). Default: `30s`.
+    pub check_interval: HumanDuration,
+}
+
+impl Default for ReclaimConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: ByteSize::mib(32),
+            threshold_percent: 25,
+            min_free_percent: 10,
+            check_interval: HumanDuration::secs(30),
+        }
+    }
 }
 
 /// When the daemon prunes history by itself. Policies are per PFS (`replctl pfs set
@@ -212,6 +247,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             replication: ReplicationConfig::default(),
             retention: RetentionConfig::default(),
+            reclaim: ReclaimConfig::default(),
         }
     }
 }
@@ -455,6 +491,34 @@ impl Config {
                     format!("{size} is too small for a device: use at least {MIN_DEVICE_SIZE}"),
                 );
             }
+        }
+
+        if self.reclaim.threshold_percent == 0 || self.reclaim.threshold_percent > 100 {
+            err(
+                "reclaim.threshold_percent",
+                format!(
+                    "{} is not a percentage from 1 to 100",
+                    self.reclaim.threshold_percent
+                ),
+            );
+        }
+        if self.reclaim.min_free_percent > 100 {
+            err(
+                "reclaim.min_free_percent",
+                format!(
+                    "{} is not a percentage from 0 to 100",
+                    self.reclaim.min_free_percent
+                ),
+            );
+        }
+        if self.reclaim.rate.bytes() < 1024 {
+            err(
+                "reclaim.rate",
+                format!(
+                    "{} is too slow to reclaim anything: use at least 1KiB (or set enabled = false)",
+                    self.reclaim.rate
+                ),
+            );
         }
 
         if self.admin_socket.as_os_str().is_empty() {

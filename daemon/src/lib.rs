@@ -19,6 +19,7 @@
 //! - [`service`]: the Storage and Admin gRPC services over the engine.
 //! - [`replication`]: the pairings this node feeds and accepts, and the Replication service.
 //! - [`retention`]: `replctl prune` (with the slaves' holds) and the scheduled prune worker.
+//! - [`reclaim`]: the space reclaim worker, which gives back the space of pruned and deleted data.
 //! - [`metrics`]: the Prometheus endpoint (`/metrics`, `/healthz`) on `metrics_listen`.
 //!
 //! [`run`] opens the engine, registers its services on [`Services`] (one line each), and closes
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod reclaim;
 pub mod replication;
 pub mod retention;
 pub mod server;
@@ -106,6 +108,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let interval = daemon.config().retention.prune_interval.get();
         daemon.add_essential("prune worker", move |token| {
             retention::worker(engine, replication, interval, token)
+        });
+    }
+    {
+        let (engine, cfg) = (engine.clone(), daemon.config().reclaim.clone());
+        daemon.add_essential("reclaim worker", move |token| {
+            reclaim::worker(engine, cfg, token)
         });
     }
     // After the servers have drained: make everything durable and release the device.

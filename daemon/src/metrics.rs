@@ -132,6 +132,31 @@ impl Metrics {
             vec![(none.to_vec(), space.free_bytes() as f64)],
         ));
         out.push(gauge(
+            "repld_device_reclaimable_bytes",
+            "Bytes of used segments that space reclaim can give back (pruned and deleted data), as last estimated.",
+            vec![(none.to_vec(), space.reclaimable_bytes as f64)],
+        ));
+        out.push(counter(
+            "repld_reclaim_freed_segments_total",
+            "Segments space reclaim freed since start.",
+            vec![(none.to_vec(), s.segments_freed.load(Relaxed) as f64)],
+        ));
+        out.push(counter(
+            "repld_reclaim_copied_bytes_total",
+            "Bytes of live records space reclaim copied to the head of the log since start.",
+            vec![(none.to_vec(), s.reclaim_copied_bytes.load(Relaxed) as f64)],
+        ));
+        let usage = self.engine.last_space_usage();
+        out.push(gauge(
+            "repld_pfs_used_bytes",
+            "Bytes of file data the PFS's kept versions reference (a chunk shared by two PFSes counts in each), as last estimated.",
+            usage
+                .iter()
+                .flat_map(|u| u.pfs_used.iter())
+                .map(|(pfs, bytes)| (vec![("pfs", pfs.as_str())], *bytes as f64))
+                .collect(),
+        ));
+        out.push(gauge(
             "repld_up",
             "1 while the storage engine accepts writes, 0 after a failure stopped it.",
             vec![(

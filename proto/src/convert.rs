@@ -1589,6 +1589,14 @@ pub struct PfsStatus {
     pub oldest_tid: Option<Tid>,
     /// TID ranges that prunes made unreadable.
     pub pruned: Vec<TidRange>,
+    /// Bytes of file data its kept versions reference, as last estimated.
+    pub used_bytes: u64,
+    /// The device's bytes in segments in use.
+    pub device_used_bytes: u64,
+    /// Bytes of the device that space reclaim can give back, as last estimated.
+    pub device_reclaimable_bytes: u64,
+    /// The device's bytes in free segments.
+    pub device_free_bytes: u64,
 }
 
 impl TryFrom<pb::PfsStatusResponse> for PfsStatus {
@@ -1607,6 +1615,10 @@ impl TryFrom<pb::PfsStatusResponse> for PfsStatus {
             snapshots: r.snapshots,
             oldest_tid: opt_tid(r.oldest_tid),
             pruned: ranges_from_pb(r.pruned),
+            used_bytes: r.used_bytes,
+            device_used_bytes: r.device_used_bytes,
+            device_reclaimable_bytes: r.device_reclaimable_bytes,
+            device_free_bytes: r.device_free_bytes,
         })
     }
 }
@@ -1623,6 +1635,10 @@ impl From<PfsStatus> for pb::PfsStatusResponse {
             snapshots: s.snapshots,
             oldest_tid: tid_or_zero(s.oldest_tid),
             pruned: ranges_to_pb(&s.pruned),
+            used_bytes: s.used_bytes,
+            device_used_bytes: s.device_used_bytes,
+            device_reclaimable_bytes: s.device_reclaimable_bytes,
+            device_free_bytes: s.device_free_bytes,
         }
     }
 }
@@ -2251,6 +2267,10 @@ mod tests {
             snapshots: 6,
             oldest_tid: Some(Tid(1)),
             pruned: vec![(Tid(1), Tid(2)), (Tid(5), Tid(9))],
+            used_bytes: 7,
+            device_used_bytes: 8,
+            device_reclaimable_bytes: 9,
+            device_free_bytes: 10,
         };
         assert_eq!(
             PfsStatus::try_from(pb::PfsStatusResponse::from(status.clone())),

@@ -69,6 +69,8 @@ fn paired_nodes_expose_a_valid_metric_set_and_healthz() -> Result<()> {
         "repld_commit_duration_seconds_count".into(),
         "repld_fsync_duration_seconds_count".into(),
         "repld_device_free_bytes".into(),
+        "repld_device_reclaimable_bytes".into(),
+        "repld_reclaim_freed_segments_total".into(),
         "repld_up".into(),
         "process_cpu_seconds_total".into(),
     ] {

@@ -206,6 +206,23 @@ pub struct SpaceInfo {
     pub segments_total: u64,
     /// Segment slots in use.
     pub segments_used: u64,
+    /// Bytes that space reclaim can give back, as [`Engine::space_usage`] last estimated them
+    /// (0 before it ran).
+    pub reclaimable_bytes: u64,
+}
+
+/// Where the bytes of a device go, from [`Engine::space_usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceUsage {
+    /// Bytes of the chunk records some kept version of any PFS references (each chunk once).
+    pub live_bytes: u64,
+    /// Bytes in segments in use, except the segment being written, less `live_bytes`: what
+    /// space reclaim can give back. An estimate from above: the records of commits, events and
+    /// checkpoints count as reclaimable, and they are small next to file data.
+    pub reclaimable_bytes: u64,
+    /// Per PFS, the bytes of the chunks its kept versions reference. A chunk two PFSes share
+    /// counts in each, so these may add up to more than `live_bytes`.
+    pub pfs_used: Vec<(PfsName, u64)>,
 }
 
 impl SpaceInfo {
@@ -393,7 +410,72 @@ impl Engine {
             segment_bytes: sb.segment_size,
             segments_total: sb.slot_count,
             segments_used: sb.slot_count - map.free_slots() as u64,
+            reclaimable_bytes: self
+                .inner
+                .shared
+                .reclaimable
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Works out where the device's bytes go: live chunk data, per PFS and in all, and what space
+    /// reclaim can give back. Reads every version of every PFS (not for hot paths: the daemon's
+    /// reclaim worker runs it now and then); [`Engine::space`] reports the last result.
+    pub fn space_usage(&self) -> Result<SpaceUsage> {
+        use std::collections::HashMap;
+        let mut all: HashMap<Hash, u32> = HashMap::new();
+        let mut pfs_used = Vec::new();
+        for p in schema::all_pfs(self.kv())? {
+            let mut own: HashMap<Hash, u32> = HashMap::new();
+            let (start, end) = schema::pfs_space_range(b'V', p.id);
+            crate::prune::for_each(self.kv(), &start, &end, |_, raw| {
+                for c in schema::VersionVal::decode(raw)?.meta.chunks {
+                    own.insert(c.hash, c.len);
+                }
+                Ok(())
+            })?;
+            pfs_used.push((
+                PfsName::new(p.name.clone()).map_err(|e| Error::Index(e.to_string()))?,
+                own.values().map(|l| u64::from(*l)).sum(),
+            ));
+            all.extend(own);
+        }
+        pfs_used.sort();
+        let live_bytes: u64 = all
+            .values()
+            .map(|l| (crate::record::RECORD_HEADER + 32) as u64 + u64::from(*l))
+            .sum();
+        let space = self.space();
+        let reclaimable_bytes = space
+            .used_bytes()
+            .saturating_sub(space.segment_bytes)
+            .saturating_sub(live_bytes);
+        self.inner
+            .shared
+            .reclaimable
+            .store(reclaimable_bytes, std::sync::atomic::Ordering::Relaxed);
+        let usage = SpaceUsage {
+            live_bytes,
+            reclaimable_bytes,
+            pfs_used,
+        };
+        *self
+            .inner
+            .shared
+            .last_usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(usage.clone());
+        Ok(usage)
+    }
+
+    /// What [`Engine::space_usage`] found when it last ran, if it ran.
+    pub fn last_space_usage(&self) -> Option<SpaceUsage> {
+        self.inner
+            .shared
+            .last_usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// One bounded step of space reclaim: cleans part of the oldest segment of the log, reading

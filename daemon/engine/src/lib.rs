@@ -52,7 +52,7 @@ pub use device::{Device, FormatOptions, Superblock};
 pub use digest::{ChildDigest, DIGEST_DOMAIN, PfsDigest};
 pub use engine::{
     ApplyBatch, Attrs, Checkpoint, Committed, Engine, EngineOptions, PfsInfo, PfsOptions,
-    ReadyBatch, SpaceInfo, Txn,
+    ReadyBatch, SpaceInfo, SpaceUsage, Txn,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use exec::MAX_TXN_OPS;

@@ -37,8 +37,25 @@ pub struct RolledBack {
 impl Engine {
     /// The newest commit of the PFS at or before `at` and its chain link, which names the whole
     /// history up to `at`: `(Tid::ZERO, [0; 32])` for the empty history. One index seek.
+    ///
+    /// Inside a pruned range, only the exact TID of a commit answers (its link is kept until
+    /// space reclaim drops the pruned commit): any other TID there fails with
+    /// [`Error::Pruned`], because the newest commit at or before it may be gone and an older
+    /// one's link would be a different answer.
     pub fn link_at(&self, name: &PfsName, at: Tid) -> Result<Link> {
-        schema::link_at(self.kv(), self.record(name)?.id, at)
+        let p = self.record(name)?;
+        if let Some((_, next)) = p.pruned_at(at) {
+            return match self.kv().get(&schema::link_key(p.id, at))? {
+                Some(v) => Ok((
+                    at,
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| Error::Index("chain link".into()))?,
+                )),
+                None => Err(Error::Pruned { tid: at, next }),
+            };
+        }
+        schema::link_at(self.kv(), p.id, at)
     }
 
     /// The commits with TIDs in `(after, before)` and their links, newest first, at most

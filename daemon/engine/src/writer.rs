@@ -155,6 +155,10 @@ pub(crate) struct Shared {
     pub open_txns: Mutex<HashSet<u64>>,
     /// The id of the next transaction.
     pub next_txn: AtomicU64,
+    /// Bytes space reclaim can give back, as last estimated.
+    pub reclaimable: AtomicU64,
+    /// The last usage estimate.
+    pub last_usage: Mutex<Option<crate::engine::SpaceUsage>>,
 }
 
 impl Shared {

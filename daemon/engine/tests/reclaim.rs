@@ -466,8 +466,9 @@ fn a_pruned_commit_is_copied_with_only_the_ops_its_surviving_versions_need() {
     tx.put_bytes(&p("a"), file_attrs(), b"a1").expect("put");
     tx.put_bytes(&p("b"), file_attrs(), b"b1").expect("put");
     let c = tx.commit().expect("commit").expect("tid");
-    put(&e, &pfs, "a", b"a2");
+    let d = put(&e, &pfs, "a", b"a2");
     let f = put(&e, &pfs, "a", b"a3");
+    let c_link = e.link_at(&pfs, c).expect("link");
     prune_now(&e, &pfs);
     assert_eq!(e.history(&pfs, &p("a")).expect("history").len(), 1);
     let filler = name("filler");
@@ -477,6 +478,14 @@ fn a_pruned_commit_is_copied_with_only_the_ops_its_surviving_versions_need() {
         put(&e, &filler, &format!("f{i}"), &pattern(i, 3 * MIB / 2));
     }
     assert_eq!(finish_pass(&e, 1 << 20), 1, "the first segment is freed");
+    // d went with the segment, and so did its chain link: a link lookup there says "pruned"
+    // rather than answering with c's link. c was copied; its link still answers.
+    assert!(
+        matches!(e.link_at(&pfs, d), Err(repld_engine::Error::Pruned { .. })),
+        "{:?}",
+        e.link_at(&pfs, d)
+    );
+    assert_eq!(e.link_at(&pfs, c).expect("link"), c_link);
     let kept = e.index_dump().expect("dump");
     drop(e);
     let e = Engine::open(mem_options(dir.path(), size)).expect("rebuild");

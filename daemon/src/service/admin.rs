@@ -129,7 +129,17 @@ impl pb::admin_server::Admin for AdminService {
             Ok((p, st))
         })
         .await?;
+        let space = self.engine.space();
+        let used = self
+            .engine
+            .last_space_usage()
+            .and_then(|u| u.pfs_used.into_iter().find(|(n, _)| *n == p.name))
+            .map_or(0, |(_, b)| b);
         Ok(Response::new(pb::PfsStatusResponse {
+            used_bytes: used,
+            device_used_bytes: space.used_bytes(),
+            device_reclaimable_bytes: space.reclaimable_bytes,
+            device_free_bytes: space.free_bytes(),
             pfs: Some(pfs_info(&p)),
             files: st.files,
             dirs: st.dirs,
