@@ -119,6 +119,57 @@ pub async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use repld_engine::{At, Attrs, EntryPath, PfsName, PruneOptions};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_gives_back_pruned_space_and_stops_at_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts =
+            repld_engine::EngineOptions::new(dir.path().join("dev.img"), dir.path().join("index"));
+        opts.create = Some(repld_engine::FormatOptions {
+            force: false,
+            segment_size: Some(4 << 20),
+            create_size: Some(64 << 20),
+        });
+        let e = Engine::open(opts).expect("open");
+        let pfs = PfsName::new("data").expect("name");
+        e.create_pfs(&pfs, repld_engine::PfsOptions::default())
+            .expect("create");
+        e.set_retention(&pfs, "0s".parse().expect("policy"))
+            .expect("retention");
+        let path = EntryPath::new("f").expect("path");
+        let mut last = Vec::new();
+        for i in 0..24u8 {
+            last = vec![i; 2 << 20];
+            let mut tx = e.begin(&pfs).expect("begin");
+            tx.put_bytes(&path, Attrs::now(0o644), &last).expect("put");
+            tx.commit().expect("commit");
+        }
+        e.prune(&pfs, PruneOptions::now()).expect("prune");
+        let used_before = e.space().used_bytes();
+        let cfg = ReclaimConfig {
+            check_interval: crate::config::HumanDuration::secs(1),
+            ..ReclaimConfig::default()
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(worker(e.clone(), cfg, token.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while e.space().used_bytes() > used_before / 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker gave back the space of the pruned versions"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            e.last_space_usage().is_some(),
+            "the worker estimated the usage"
+        );
+        assert!(!task.is_finished(), "the worker runs until shutdown");
+        token.cancel();
+        task.await.expect("joins").expect("a clean stop");
+        assert_eq!(e.read_file(&pfs, &path, &At::Head).expect("read"), last);
+    }
 
     fn space(used_segments: u64) -> repld_engine::SpaceInfo {
         repld_engine::SpaceInfo {
