@@ -321,7 +321,7 @@ pub(crate) fn step(
     let pass = rs.pass.take().expect("a pass is under way");
     let mut dead = Vec::new();
     for (lsn, hash) in &pass.skipped {
-        if !schema::chunk_loc(ov, hash)?.is_some_and(|l| l.lsn == *lsn) {
+        if schema::chunk_loc(ov, hash)?.is_none_or(|l| l.lsn != *lsn) {
             continue;
         }
         if pass.pin_all || rs.touched.contains_key(hash) {

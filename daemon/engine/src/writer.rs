@@ -358,14 +358,14 @@ impl Writer {
         });
         match outcome {
             Ok(()) => {
-                if self.reclaim.pending_free.is_some() && self.free_segment() {
-                    if let Some(Ok(Outcome::Reclaimed(step))) = results
+                if self.reclaim.pending_free.is_some()
+                    && self.free_segment()
+                    && let Some(Ok(Outcome::Reclaimed(step))) = results
                         .iter_mut()
                         .find(|r| matches!(r, Ok(Outcome::Reclaimed(_))))
-                    {
-                        step.freed_segments += 1;
-                        step.in_pass = false;
-                    }
+                {
+                    step.freed_segments += 1;
+                    step.in_pass = false;
                 }
                 let stats = &self.shared.stats;
                 for r in results.iter().flatten() {

@@ -110,7 +110,7 @@ fn reclaim_crash_child() {
         log.write_all(format!("ACK {seq}\n").as_bytes())
             .expect("log");
         log.sync_data().expect("fsync the log");
-        if seq % 4 == 0 {
+        if seq.is_multiple_of(4) {
             e.prune(&pfs, PruneOptions::now()).expect("child: prune");
         }
         if stop.load(Ordering::Relaxed) {
