@@ -553,9 +553,11 @@ fn run_retention(policy: &str, actions: Vec<Action>) {
         .expect("create the filler");
     e.set_retention(&filler, "0s".parse().expect("a valid policy"))
         .expect("set retention");
+    let mut fills = 0;
     for a in actions {
         match a {
             Action::Fill(seed) => {
+                fills += 1;
                 let mut tx = e.begin(&filler).expect("begin");
                 let data: Vec<u8> = (0..(1u64 << 20))
                     .map(|i| (seed.wrapping_add(i).wrapping_mul(0x9E37_79B9)) as u8)
@@ -612,6 +614,12 @@ fn run_retention(policy: &str, actions: Vec<Action>) {
         }
     }
     check_retained(&e, &pfs, &states, &kept, "at the end");
+    if fills >= 8 {
+        assert!(
+            e.stats().segments_freed.load(Ordering::Relaxed) > 0,
+            "{fills} MiB written and pruned: reclaim freed segments"
+        );
+    }
     let index = e.index_dump().expect("dump the index");
     drop(e);
     let e = Engine::open(options(dir.path(), size)).expect("reopen");
