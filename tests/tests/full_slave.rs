@@ -2,11 +2,9 @@
 //! filler below is a master PFS). A slave whose device is full stops taking its master's
 //! changes with a clear state on both nodes (`slave-full` in `replctl status`, the
 //! `repld_replication_slave_full` metric), the master keeps committing, and the slave holds a
-//! state the master had (nothing half-applied), also after a SIGKILL of its node.
-//!
-//! That the stream resumes by itself once space is freed is proven in the agent's tests (a
-//! slave double that gets room back): on a device, nothing frees segments until space reclaim
-//! lands (issue 7, item 4), so this test cannot free any honestly yet.
+//! state the master had (nothing half-applied), also after a SIGKILL of its node. Once space is
+//! freed on the slave's node (the filler PFS destroyed, its segments given back by space
+//! reclaim), the stream resumes by itself, with no command, and the slave matches the master.
 
 use std::fs;
 
@@ -82,9 +80,15 @@ fn slave_full_metric(c: &mut Cluster, i: usize, role: &str) -> Result<String> {
 
 #[test]
 fn a_full_slave_stops_with_a_clear_state_while_the_master_keeps_going() -> Result<()> {
-    // node2's image: 32 MiB, seven 4 MiB segments, one kept for deletes.
+    // node2's image: 32 MiB, seven 4 MiB segments, one kept for deletes. Its reclaim worker
+    // looks every second instead of every 30 s, so that the test need not wait.
     let mut c = Cluster::start(2, |i| NodeOptions {
         device_size: if i == 2 { "32MiB" } else { "256MiB" }.to_owned(),
+        extra_config: if i == 2 {
+            "[reclaim]\ncheck_interval = \"1s\"\n".to_owned()
+        } else {
+            String::new()
+        },
         ..NodeOptions::default()
     })?;
     c.ok(&[&"pfs", &"create", &"node1:data"])?;
@@ -171,5 +175,23 @@ fn a_full_slave_stops_with_a_clear_state_while_the_master_keeps_going() -> Resul
     wait_slave_full(&c)?;
     put(&c, b"and still", "node1:data/g")?;
     c.verify_match("node1:data", "node2:data", true)?;
+
+    // Free space on the slave's node: destroy the filler. Reclaim gives its segments back, and
+    // the stream resumes by itself; no command touches the pairing.
+    c.ok(&[&"pfs", &"destroy", &"node2:filler", &"--yes"])?;
+    c.wait_pairing(
+        "node1",
+        "node2:data",
+        "streaming again after space was freed",
+        |r| r["state"] == "streaming" && r["synced_tid"] == r["head_tid"],
+    )?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", true)?;
+    ensure!(slave_full_metric(&mut c, 1, "master")? == "0");
+    ensure!(slave_full_metric(&mut c, 2, "slave")? == "0");
+    ensure!(
+        slave_row(&c, "node2", "data")?["state"] != "slave-full",
+        "the slave still says it is full"
+    );
     Ok(())
 }
