@@ -11,6 +11,8 @@
 //! - [`incremental_sync`]: a 1% change of 100,000 files streamed to a paired slave vs
 //!   `rsync -a` of it to an rsync daemon (issue 4).
 //! - [`lag`]: a pairing's lag under a steady writer (issue 4).
+//! - [`reclaim_writes`]: write throughput and commit p99 while space reclaim runs, against
+//!   reclaim idle (issue 7).
 //!
 //! A new scenario is a module here plus one line in [`registry`].
 
@@ -22,6 +24,7 @@ pub mod index_rebuild;
 pub mod initial_sync;
 pub mod lag;
 pub mod large_write;
+pub mod reclaim_writes;
 
 use crate::scenario::Scenario;
 
@@ -36,6 +39,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(initial_sync::InitialSync),
         Box::new(incremental_sync::IncrementalSync),
         Box::new(lag::Lag),
+        Box::new(reclaim_writes::ReclaimWrites),
     ]
 }
 

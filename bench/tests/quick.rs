@@ -77,6 +77,43 @@ fn json_report_carries_positive_rates() {
 }
 
 #[test]
+fn quick_reclaim_writes_measures_both_phases_while_reclaim_frees_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bench()
+        .args(["--quick", "--json", "-s", "reclaim-writes", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run repl-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let figures = v["scenarios"][0]["figures"].as_array().expect("figures");
+    let figure = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no figure `{name}` in {v}"))
+    };
+    let median = |name: &str| figure(name)["median"].as_f64().expect("a median");
+    assert!(median("reclaim idle: write throughput") > 0.0);
+    assert!(median("reclaim running: write throughput") > 0.0);
+    assert!(median("reclaim: read from cleaned segments") > 0.0);
+    for ratio in ["throughput: running / idle", "commit p99: running / idle"] {
+        assert!(
+            figure(ratio)["verdict"].is_string(),
+            "`{ratio}` has no verdict: {v}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read the data dir")
+        .collect();
+    assert!(left.is_empty(), "the harness left data behind: {left:?}");
+}
+
+#[test]
 fn an_unknown_scenario_is_refused_with_the_known_names() {
     let out = bench()
         .args(["--scenario", "no-such-thing"])
