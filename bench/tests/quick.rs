@@ -45,12 +45,11 @@ fn quick_commit_rate_prints_its_figures_and_cleans_up() {
     assert!(left.is_empty(), "the harness left data behind: {left:?}");
 }
 
-#[test]
-fn json_report_carries_positive_rates() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Runs one scenario with `--quick --json` on `dir` and returns its report; it must succeed.
+fn quick_json(scenario: &str, dir: &std::path::Path) -> serde_json::Value {
     let out = bench()
-        .args(["--quick", "--json", "-s", "commit-rate", "--dir"])
-        .arg(dir.path())
+        .args(["--quick", "--json", "-s", scenario, "--dir"])
+        .arg(dir)
         .output()
         .expect("run repl-bench");
     assert!(
@@ -58,7 +57,13 @@ fn json_report_carries_positive_rates() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn json_report_carries_positive_rates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = quick_json("commit-rate", dir.path());
     let figures = v["scenarios"][0]["figures"].as_array().expect("figures");
     let rate = |name: &str| {
         figures
@@ -79,17 +84,7 @@ fn json_report_carries_positive_rates() {
 #[test]
 fn quick_reclaim_writes_measures_both_phases_while_reclaim_frees_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = bench()
-        .args(["--quick", "--json", "-s", "reclaim-writes", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run repl-bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let v = quick_json("reclaim-writes", dir.path());
     let figures = v["scenarios"][0]["figures"].as_array().expect("figures");
     let figure = |name: &str| {
         figures

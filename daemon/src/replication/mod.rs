@@ -322,15 +322,7 @@ impl Replication {
     ) -> Result<(), Status> {
         let mut store = self.lock_store();
         let mut next = store.settings.clone();
-        let p = next
-            .pairings
-            .iter_mut()
-            .find(|x| x.is(master_pfs, slave_node, slave_pfs))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "{master_pfs} is not paired with {slave_node}:{slave_pfs}"
-                ))
-            })?;
+        let p = next.pairing_mut(master_pfs, slave_node, slave_pfs)?;
         p.bandwidth = bandwidth;
         store
             .save(next)
@@ -677,15 +669,7 @@ impl Replication {
         let pairing = {
             let mut store = self.lock_store();
             let mut next = store.settings.clone();
-            let p = next
-                .pairings
-                .iter_mut()
-                .find(|x| x.is(master_pfs, slave_node, slave_pfs))
-                .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "{master_pfs} is not paired with {slave_node}:{slave_pfs} on this node"
-                    ))
-                })?;
+            let p = next.pairing_mut(master_pfs, slave_node, slave_pfs)?;
             let copied = p.resync_base.is_some_and(|b| {
                 self.lock_running()
                     .iter()
@@ -741,15 +725,7 @@ impl Replication {
         let pairing = {
             let mut store = self.lock_store();
             let mut next = store.settings.clone();
-            let p = next
-                .pairings
-                .iter_mut()
-                .find(|x| x.is(master_pfs, slave_node, slave_pfs))
-                .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "{master_pfs} is not paired with {slave_node}:{slave_pfs} on this node"
-                    ))
-                })?;
+            let p = next.pairing_mut(master_pfs, slave_node, slave_pfs)?;
             if p.resync_base != Some(base) {
                 return Err(Status::failed_precondition(format!(
                     "the resync of {master_pfs} -> {slave_node}:{slave_pfs} was prepared for {} \

@@ -291,12 +291,8 @@ mod tests {
         .expect("apply");
     }
 
-    /// A cascade's middle node: a slave PFS read as a source offers only what it has wholly
-    /// received. A TID that has partly arrived is neither in its head nor in its batches.
-    #[test]
-    fn a_slave_as_a_source_never_offers_a_partly_received_tid() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let e = engine(dir.path());
+    /// A master PFS `a` and a slave PFS `b` of the same pair, on one engine.
+    fn master_and_slave(e: &Engine) -> (PfsName, PfsName) {
         let (a, b) = (
             PfsName::new("a").expect("name"),
             PfsName::new("b").expect("name"),
@@ -311,6 +307,16 @@ mod tests {
             },
         )
         .expect("slave");
+        (a, b)
+    }
+
+    /// A cascade's middle node: a slave PFS read as a source offers only what it has wholly
+    /// received. A TID that has partly arrived is neither in its head nor in its batches.
+    #[test]
+    fn a_slave_as_a_source_never_offers_a_partly_received_tid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = engine(dir.path());
+        let (a, b) = master_and_slave(&e);
         let mut tx = e.begin(&a).expect("begin");
         let path = EntryPath::new("big").expect("path");
         tx.put_bytes(&path, Attrs::now(0o644), &vec![5u8; 3 << 20])
@@ -367,20 +373,7 @@ mod tests {
     fn a_full_copy_gives_an_emptied_slave_the_masters_state_and_links_after_a_forced_prune() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = engine(dir.path());
-        let (a, b) = (
-            PfsName::new("a").expect("name"),
-            PfsName::new("b").expect("name"),
-        );
-        let info = e.create_pfs(&a, PfsOptions::default()).expect("master");
-        e.create_pfs(
-            &b,
-            PfsOptions {
-                role: Role::Slave,
-                nohistory: false,
-                shared_uuid: Some(info.shared_uuid),
-            },
-        )
-        .expect("slave");
+        let (a, b) = master_and_slave(&e);
         commit(&e, &a, "x", b"one");
         let kept = commit(&e, &a, "d/y", &vec![3u8; (1 << 20) + 77]);
         commit(&e, &a, "x", b"two");

@@ -71,6 +71,25 @@ pub struct Settings {
     pub upstreams: Vec<Upstream>,
 }
 
+impl Settings {
+    /// The pairing of `master_pfs` with `slave_node:slave_pfs`, or `NOT_FOUND`.
+    pub fn pairing_mut(
+        &mut self,
+        master_pfs: &str,
+        slave_node: &str,
+        slave_pfs: &str,
+    ) -> Result<&mut Pairing, tonic::Status> {
+        self.pairings
+            .iter_mut()
+            .find(|x| x.is(master_pfs, slave_node, slave_pfs))
+            .ok_or_else(|| {
+                tonic::Status::not_found(format!(
+                    "{master_pfs} is not paired with {slave_node}:{slave_pfs} on this node"
+                ))
+            })
+    }
+}
+
 /// The file and its current content.
 #[derive(Debug)]
 pub struct Store {
