@@ -134,6 +134,22 @@ mod tests {
         tx.commit().expect("commit").expect("a change")
     }
 
+    /// The replication state the worker reads holds from, with the token that stops it.
+    async fn replication(
+        e: &Engine,
+        dir: &std::path::Path,
+    ) -> (Arc<Replication>, CancellationToken) {
+        let config = crate::config::Config {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        let token = CancellationToken::new();
+        let replication = Replication::start(e.clone(), &config, token.child_token())
+            .await
+            .expect("replication");
+        (replication, token)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_worker_prunes_on_its_schedule_and_stops_at_shutdown() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -145,14 +161,7 @@ mod tests {
             .expect("retention");
         let old = put(&e, &pfs, b"one");
         put(&e, &pfs, b"two");
-        let config = crate::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        let token = CancellationToken::new();
-        let replication = Replication::start(e.clone(), &config, token.child_token())
-            .await
-            .expect("replication");
+        let (replication, token) = replication(&e, dir.path()).await;
         let t = CancellationToken::new();
         let task = tokio::spawn(worker(
             e.clone(),
@@ -191,14 +200,7 @@ mod tests {
     async fn a_zero_interval_turns_the_worker_off_until_shutdown() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = engine(dir.path());
-        let config = crate::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        let token = CancellationToken::new();
-        let replication = Replication::start(e.clone(), &config, token.child_token())
-            .await
-            .expect("replication");
+        let (replication, token) = replication(&e, dir.path()).await;
         let t = CancellationToken::new();
         let task = tokio::spawn(worker(e, replication, Duration::ZERO, t.clone()));
         tokio::time::sleep(Duration::from_secs(3600)).await;

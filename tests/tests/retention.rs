@@ -44,6 +44,25 @@ fn read_says_pruned(c: &Cluster, target: &str, tid: &str) -> Result<()> {
     Ok(())
 }
 
+/// node1's `repld_replication_needs_resync` for the slave PFS `data` is `value`.
+fn needs_resync_metric_is(c: &mut Cluster, value: u8) -> Result<()> {
+    let (_, metrics) = c.node(1).metrics_get("/metrics")?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("repld_replication_needs_resync{")
+                && l.contains("peer_pfs=\"data\"")
+                && l.ends_with(&format!(" {value}"))),
+        "repld_replication_needs_resync should be {value}: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("needs_resync"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
 fn pruned_of(v: &Value) -> usize {
     v["pruned"].as_array().map_or(0, Vec::len)
 }
@@ -212,20 +231,7 @@ fn a_prune_keeps_what_a_stopped_slave_needs_and_force_makes_it_need_a_resync_whi
         row["state"] == "needs-resync" && row["needs_resync"] == true,
         "the pairing shows it: {row}"
     );
-    let (_, metrics) = c.node(1).metrics_get("/metrics")?;
-    ensure!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("repld_replication_needs_resync{")
-                && l.contains("peer_pfs=\"data\"")
-                && l.ends_with(" 1")),
-        "the metric shows it: {}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("needs_resync"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    needs_resync_metric_is(&mut c, 1)?;
     // It stays so across a restart of the master.
     c.node(1).stop()?;
     c.node(1).launch()?;
@@ -263,20 +269,7 @@ fn a_prune_keeps_what_a_stopped_slave_needs_and_force_makes_it_need_a_resync_whi
         first_tid_lt(&while_down[0], &base),
         "the copy is newer than the old content"
     );
-    let (_, metrics) = c.node(1).metrics_get("/metrics")?;
-    ensure!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("repld_replication_needs_resync{")
-                && l.contains("peer_pfs=\"data\"")
-                && l.ends_with(" 0")),
-        "the metric is back to 0: {}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("needs_resync"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    needs_resync_metric_is(&mut c, 0)?;
     // And then incrementally, as any pairing.
     let sent_before = c.pairing("node1", "node2:data")?["bytes_sent"]
         .as_u64()

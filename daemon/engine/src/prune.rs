@@ -25,7 +25,7 @@ use std::collections::HashSet;
 
 use repl_types::Tid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::{KvRead, Overlay};
 use crate::record::{Hash, RECORD_HEADER};
 use crate::schema::{self, PfsRecord, VersionVal};
@@ -104,18 +104,6 @@ fn commits(kv: &dyn KvRead, pfs: u32) -> Result<Vec<(Tid, u64)>> {
     schema::commits_after(kv, pfs, Tid::ZERO, usize::MAX)
 }
 
-/// The create TID at the end of a `V` key.
-fn version_created(key: &[u8]) -> Result<Tid> {
-    let tail = key
-        .len()
-        .checked_sub(8)
-        .and_then(|at| key.get(at..))
-        .ok_or_else(|| Error::Index("short version key".into()))?;
-    Ok(Tid(u64::from_be_bytes(
-        tail.try_into().expect("an 8-byte slice"),
-    )))
-}
-
 /// Whether a version survives when `kept` (ascending) are the readable commits.
 fn survives(created: Tid, v: &VersionVal, kept: &[Tid]) -> bool {
     if v.deleted == Tid::MAX {
@@ -135,7 +123,7 @@ fn dead_versions(
     let (start, end) = schema::pfs_space_range(b'V', pfs);
     for_each(kv, &start, &end, |k, raw| {
         let v = VersionVal::decode(raw)?;
-        if survives(version_created(k)?, &v, kept) {
+        if survives(schema::version_created(k)?, &v, kept) {
             return Ok(());
         }
         f(k, v)
@@ -206,7 +194,7 @@ pub(crate) fn plan(
             let own = other.id == p.id;
             for_each(kv, &start, &end, |k, raw| {
                 let v = VersionVal::decode(raw)?;
-                if own && !survives(version_created(k)?, &v, &kept) {
+                if own && !survives(schema::version_created(k)?, &v, &kept) {
                     return Ok(());
                 }
                 for c in &v.meta.chunks {

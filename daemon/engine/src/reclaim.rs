@@ -192,7 +192,7 @@ pub(crate) fn step(
             let (start, end) = schema::pfs_space_range(b'V', p.id);
             crate::prune::for_each(ov, &start, &end, |k, raw| {
                 let v = VersionVal::decode(raw)?;
-                tids.insert(created_of(k)?);
+                tids.insert(schema::version_created(k)?);
                 if v.deleted != Tid::MAX {
                     tids.insert(v.deleted);
                 }
@@ -381,17 +381,6 @@ fn puts(change: &Change) -> usize {
         .iter()
         .filter(|op| matches!(op, Op::Put { .. }))
         .count()
-}
-
-fn created_of(key: &[u8]) -> Result<Tid> {
-    let tail = key
-        .len()
-        .checked_sub(8)
-        .and_then(|at| key.get(at..))
-        .ok_or_else(|| Error::Index("short version key".into()))?;
-    Ok(Tid(u64::from_be_bytes(
-        tail.try_into().expect("an 8-byte slice"),
-    )))
 }
 
 /// The record at `lsn` on the device: its kind, original LSN and payload (without the

@@ -19,7 +19,7 @@
 use repl_types::{EntryPath, Retention, Tid};
 
 use crate::codec::{Dec, DecodeError, Enc};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::KvRead;
 use crate::log::LogPos;
 use crate::prune::TidRange;
@@ -92,6 +92,18 @@ pub(crate) fn version_key(pfs: u32, path: &EntryPath, created: Tid) -> Vec<u8> {
     let mut k = version_prefix(pfs, path);
     k.extend_from_slice(&created.get().to_be_bytes());
     k
+}
+
+/// The create TID at the end of a `V` key (see [`version_key`]).
+pub(crate) fn version_created(key: &[u8]) -> Result<Tid> {
+    let tail = key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
+        .ok_or_else(|| Error::Index("short version key".into()))?;
+    Ok(Tid(u64::from_be_bytes(
+        tail.try_into().expect("an 8-byte slice"),
+    )))
 }
 
 /// `[start, end)` of the versions of every child of `dir`.
