@@ -8,6 +8,8 @@
 //! - [`cluster`]: several nodes sharing a CA, and a replctl config naming them ([`cluster::Cluster`]).
 //! - [`node`]: a real `repld` process on a temporary directory ([`node::TestNode`]), its
 //!   certificates, the workspace binaries, and what a node stores ([`node::StoredState`]).
+//! - [`port`]: loopback ports below the ephemeral range, so a restarted node gets its address
+//!   back ([`port::PortLease`]).
 //! - [`proxy`]: a fault-injecting TCP proxy to put between two nodes ([`proxy::FaultProxy`]):
 //!   cut, stall, refuse, truncate, corrupt or slow the link on demand.
 //! - [`tree`]: generated directory trees (odd names, modes, nanosecond mtimes, symlinks) and
@@ -16,6 +18,7 @@
 pub mod child;
 pub mod cluster;
 pub mod node;
+pub mod port;
 pub mod proxy;
 pub mod tree;
 pub mod workload;

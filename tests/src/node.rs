@@ -1,9 +1,9 @@
 //! A real `repld` process for end-to-end tests, and the binaries the tests run.
 //!
 //! [`TestNode`] writes a config into a temporary directory (data directory, a small image file
-//! formatted on first start, an admin socket, `listen = "127.0.0.1:0"`, and TLS files made by
-//! `replctl certs init`), starts `repld run`, learns the bound port from its "repld is serving"
-//! log line, and waits until the health check answers SERVING on the admin socket. It can be
+//! formatted on first start, an admin socket, a loopback `listen` port leased below the ephemeral
+//! range (see [`crate::port`]), and TLS files made by `replctl certs init`), starts `repld run`,
+//! checks the bound address in its "repld is serving" log line, and waits until the health check answers SERVING on the admin socket. It can be
 //! stopped with SIGTERM and started again on the same data. Dropping it kills the process.
 //!
 //! The binaries are those the workspace build put beside the test executable: `cargo test` and
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use repl_proto::{AdminClient, Endpoint, StorageClient, TlsFiles};
 use tempfile::TempDir;
+
+use crate::port::PortLease;
 
 /// How long a node may take from spawn to SERVING (a debug build formats its image first).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,8 +220,8 @@ pub struct TestNode {
     config: PathBuf,
     proc: Option<std::process::Child>,
     addr: Option<SocketAddr>,
-    /// The address bound at the first start, kept for restarts (peers stored it).
-    listen: Option<SocketAddr>,
+    /// The listen address of every start (peers store it), reserved while the node lives.
+    listen: PortLease,
     log: PathBuf,
     starts: u32,
 }
@@ -266,7 +268,7 @@ impl TestNode {
             config,
             proc: None,
             addr: None,
-            listen: None,
+            listen: PortLease::take()?,
             starts: 0,
         };
         fs::write(&node.config, node.config_text()).context("write repld.toml")?;
@@ -307,9 +309,7 @@ impl TestNode {
              {limits}\n\
              {extra}",
             name = o.name,
-            listen = self
-                .listen
-                .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+            listen = self.listen.addr(),
             data = d.join("data"),
             sock = d.join("admin.sock"),
             shutdown = o.shutdown_timeout,
@@ -367,12 +367,12 @@ impl TestNode {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        ensure!(
+            addr == self.listen.addr(),
+            "repld serves on {addr}, not on its configured {}",
+            self.listen.addr()
+        );
         self.addr = Some(addr);
-        if self.listen.is_none() {
-            // Restarts listen where this start did, as a peer that paired with it expects.
-            self.listen = Some(addr);
-            fs::write(&self.config, self.config_text()).context("rewrite repld.toml")?;
-        }
         let endpoint = self.unix();
         let status = block_on(async move {
             let channel = endpoint.connect().await?;
