@@ -16,7 +16,7 @@ use crate::chunkfilter::ChunkFilter;
 use crate::device::{Device, FormatOptions};
 use crate::error::{Error, Result};
 use crate::exec::{IfExists, Intent, PfsCommand};
-use crate::index::{IndexStore, KvRead, MemIndex, Overlay, SledIndex, Writes};
+use crate::index::{Deferred, IndexStore, KvRead, MemIndex, Overlay, SledIndex, Writes};
 use crate::log::{self, Appender, LogEnd, LogPos, ScanEvent, SegmentMap};
 use crate::prune::{PruneOptions, PruneReport, TidRange};
 use crate::record::{
@@ -302,7 +302,8 @@ impl Engine {
         dev.sync()?;
         let shared = Arc::new(Shared::default());
         let mut map = SegmentMap::load(&dev)?;
-        let (index, fresh) = open_index(opts.index_dir.as_deref(), opts.rebuild_index)?;
+        let (backend, fresh) = open_index(opts.index_dir.as_deref(), opts.rebuild_index)?;
+        let index: Arc<dyn IndexStore> = Arc::new(Deferred::new(backend)?);
         if fresh && log::log_start(&map).is_some() {
             if opts.index_dir.is_some() && !opts.rebuild_index {
                 tracing::warn!(device = %opts.device.display(), "the device has no index: rebuilding it from the log");
@@ -893,8 +894,7 @@ fn replay_from(
                         ov.writes
                             .insert(schema::COVERED.to_vec(), Some(schema::encode_pos(pos)));
                     }
-                    index.apply(&ov.writes)?;
-                    ov.writes.clear();
+                    index.apply_owned(std::mem::take(&mut ov.writes))?;
                 }
             }
         }
@@ -912,8 +912,7 @@ fn replay_from(
             let rec = decode_at(lsn, kind, &payload)?;
             crate::apply::apply_record_skipping(&mut ov, lsn, &rec, &skip)?;
             if ov.writes.len() >= FLUSH_EVERY {
-                index.apply(&ov.writes)?;
-                ov.writes.clear();
+                index.apply_owned(std::mem::take(&mut ov.writes))?;
             }
         }
     }
@@ -926,7 +925,7 @@ fn replay_from(
         Some(dev.superblock().volume_uuid.to_vec()),
     );
     writes.insert(schema::LAYOUT.to_vec(), Some(layout()));
-    index.apply(&writes)?;
+    index.apply_owned(writes)?;
     if records > 0 {
         tracing::info!(records, "replayed the log into the index");
     }

@@ -3,7 +3,8 @@
 //! The index may lag the log; it records the log position it covers ([`schema::COVERED`]) in
 //! the same atomic batch as the changes, and the engine replays the log from there at open. Its
 //! own flush is never what makes a write durable: the device log is. Two backends: sled for
-//! nodes, and an in-memory map for tests.
+//! nodes, and an in-memory map for tests. The engine puts [`Deferred`] over either: it keeps the
+//! writes in memory, visible at once, and applies them to the backend on a thread of its own.
 //!
 //! [`schema::COVERED`]: crate::schema::COVERED
 
@@ -12,6 +13,10 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
+
+mod deferred;
+
+pub(crate) use deferred::Deferred;
 
 /// A set of index changes: `None` removes the key.
 pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -30,6 +35,10 @@ pub(crate) trait KvRead {
 pub(crate) trait IndexStore: KvRead + Send + Sync {
     /// Applies `writes` atomically: after a crash, all of them or none are visible.
     fn apply(&self, writes: &Writes) -> Result<()>;
+    /// [`IndexStore::apply`] of writes the caller has no more use for.
+    fn apply_owned(&self, writes: Writes) -> Result<()> {
+        self.apply(&writes)
+    }
     /// Removes everything.
     fn clear(&self) -> Result<()>;
     /// Persists what the backend buffers. Only shortens the next replay; never needed for

@@ -347,7 +347,7 @@ impl Writer {
                     writes.insert(schema::COVERED.to_vec(), Some(schema::encode_pos(covered)));
                 }
                 self.index
-                    .apply(&writes)
+                    .apply_owned(writes)
                     .map_err(|e| Error::Poisoned(format!("index update failed: {e}")))?;
                 self.unsynced = 0;
             } else {
