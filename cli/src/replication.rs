@@ -572,10 +572,11 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
         master_info.head_tid
     };
     let started = Instant::now();
+    let deadline = a.timeout.map(|t| started + Duration::from_secs(t));
     let mut bar = None;
-    let mut first = None;
+    let mut synced = pfs_info(&mut s, &a.slave).await?.head_tid;
+    let first = synced;
     loop {
-        let synced = pfs_info(&mut s, &a.slave).await?.head_tid;
         if synced >= head {
             drop(bar);
             if !ctx.quiet {
@@ -589,25 +590,45 @@ pub async fn wait_sync(ctx: &Ctx, a: WaitSyncArgs) -> Result<()> {
         }
         // Progress is the share of the history's time span (TIDs are times) replicated since
         // the call.
-        let from = *first.get_or_insert(synced);
-        let bar = bar.get_or_insert_with(|| sync_bar(ctx.quiet, head - from));
-        bar.set_position(synced - from);
+        let bar = bar.get_or_insert_with(|| sync_bar(ctx.quiet, head - first));
+        bar.set_position(synced.saturating_sub(first));
         bar.set_message(format!(
             "slave at {}, {:.1}s of history behind",
             Tid(synced),
             Tid(synced).lag_secs(Tid(head))
         ));
-        if a.timeout
-            .is_some_and(|t| started.elapsed() > Duration::from_secs(t))
-        {
-            bail!(
+        let step = match deadline {
+            Some(d) if Instant::now() >= d => bail!(
                 "the slave is at {} after {}s, the master's head was {}; check `replctl status`",
                 Tid(synced),
                 a.timeout.unwrap_or_default(),
                 Tid(head)
-            );
+            ),
+            Some(d) => WAIT_STEP.min(d - Instant::now()),
+            None => WAIT_STEP,
+        };
+        synced = wait_head(&mut s, &a.slave, head, step).await?;
+    }
+}
+
+/// How long one `PfsWaitHead` call may wait: the progress bar and `--timeout` act this often.
+const WAIT_STEP: Duration = Duration::from_secs(1);
+
+/// The PFS's head once it reaches `tid` or `step` has passed. The node answers as soon as the
+/// head moves past `tid`; a node without `PfsWaitHead` (an older repld) is polled instead.
+async fn wait_head(admin: &mut Admin, t: &Target, tid: u64, step: Duration) -> Result<u64> {
+    let req = pb::PfsWaitHeadRequest {
+        name: t.pfs.to_string(),
+        tid,
+        timeout_ms: u32::try_from(step.as_millis()).unwrap_or(u32::MAX),
+    };
+    match admin.pfs_wait_head(req).await {
+        Ok(r) => Ok(r.into_inner().head_tid),
+        Err(e) if e.code() == tonic::Code::Unimplemented => {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(pfs_info(admin, t).await?.head_tid)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(e) => Err(e).with_context(|| format!("wait for the head of {}", t.location())),
     }
 }
 

@@ -3,8 +3,9 @@
 //! [`TestNode`] writes a config into a temporary directory (data directory, a small image file
 //! formatted on first start, an admin socket, a loopback `listen` port leased below the ephemeral
 //! range (see [`crate::port`]), and TLS files made by `replctl certs init`), starts `repld run`,
-//! checks the bound address in its "repld is serving" log line, and waits until the health check answers SERVING on the admin socket. It can be
-//! stopped with SIGTERM and started again on the same data. Dropping it kills the process.
+//! checks the bound address in its "repld is serving" log line, and waits until the health check
+//! answers SERVING on the admin socket. It can be stopped with SIGTERM and started again on the
+//! same data. Dropping it kills the process.
 //!
 //! The binaries are those the workspace build put beside the test executable: `cargo test` and
 //! `cargo nextest run --workspace` build every package's binaries into the same target

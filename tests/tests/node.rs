@@ -16,6 +16,8 @@
 //!   `a_stock_grpc_client_works_over_plaintext_loopback`: Python grpcio with reflection and
 //!   health (`tests/scripts/stock_grpc_client.py`).
 //! - `fsck_of_a_stopped_node_reports_a_clean_log`, `format_refuses_an_existing_repld_device`.
+//! - `pfs_wait_head_answers_when_a_commit_passes_the_tid_and_at_its_timeout_otherwise`: the call
+//!   `replctl wait-sync` makes instead of polling.
 //!
 //! Bad input is in `bad_input.rs`. The binaries come from the workspace build: run
 //! `cargo build --workspace` (or `-p repld -p replctl`) before these tests.
@@ -594,4 +596,72 @@ fn format_refuses_an_existing_repld_device() -> Result<()> {
     node.launch()?;
     let after = runtime().block_on(StoredState::read(&node))?;
     before.assert_unchanged(&after, "a refused repld format")
+}
+
+#[test]
+fn pfs_wait_head_answers_when_a_commit_passes_the_tid_and_at_its_timeout_otherwise() -> Result<()> {
+    use repl_proto::pb::PfsWaitHeadRequest;
+    let node = TestNode::start(NodeOptions::default())?;
+    ok(node.replctl(), &[&"pfs", &"create", &"data"])?;
+    ok(node.replctl(), &[&"mkdir", &"data/a"])?;
+    let h1 = head(&node, "data")?.context("mkdir committed")?;
+    let req = |tid: u64, timeout_ms: u32| PfsWaitHeadRequest {
+        name: "data".into(),
+        tid,
+        timeout_ms,
+    };
+    let rt = runtime();
+    let mut admin = rt.block_on(node.admin())?.into_inner();
+    // Reached already: the head at once. Not reached: the head, after the timeout.
+    let at = rt.block_on(admin.pfs_wait_head(req(h1.get(), 60_000)))?;
+    ensure!(at.into_inner().head_tid == h1.get());
+    let t = Instant::now();
+    let at = rt.block_on(admin.pfs_wait_head(req(h1.get() + 1, 300)))?;
+    ensure!(at.into_inner().head_tid == h1.get());
+    ensure!(
+        t.elapsed() >= Duration::from_millis(300),
+        "answered before its timeout"
+    );
+
+    // A waiter with a long timeout is answered by the next commit, with the new head.
+    let waiter = {
+        let mut admin = admin.clone();
+        rt.spawn(async move { admin.pfs_wait_head(req(h1.get() + 1, 60_000)).await })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(
+        !waiter.is_finished(),
+        "the waiter answered before any commit"
+    );
+    let t = Instant::now();
+    ok(node.replctl(), &[&"mkdir", &"data/b"])?;
+    let got = rt.block_on(waiter)??.into_inner().head_tid;
+    let h2 = head(&node, "data")?.context("mkdir committed")?;
+    ensure!(
+        got == h2.get() && h2 > h1,
+        "the waiter got {got:#x}, the head is {h2}"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_secs(30),
+        "the waiter was answered by its timeout, not by the commit"
+    );
+
+    // Bad input is refused before any wait.
+    let bad = rt
+        .block_on(admin.pfs_wait_head(PfsWaitHeadRequest {
+            name: "../x".into(),
+            tid: 1,
+            timeout_ms: 60_000,
+        }))
+        .expect_err("a bad PFS name");
+    ensure!(bad.code() == tonic::Code::InvalidArgument, "{bad:?}");
+    let missing = rt
+        .block_on(admin.pfs_wait_head(PfsWaitHeadRequest {
+            name: "nope".into(),
+            tid: 1,
+            timeout_ms: 60_000,
+        }))
+        .expect_err("no such PFS");
+    ensure!(missing.code() == tonic::Code::NotFound, "{missing:?}");
+    Ok(())
 }

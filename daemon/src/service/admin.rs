@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use repl_proto::{
     PfsCreateRequest, PfsDestroyRequest, SnapshotCreateRequest, SnapshotDeleteRequest, pb,
@@ -54,6 +54,9 @@ pub(crate) fn pfs_info(p: &PfsInfo) -> pb::PfsInfo {
     }
     .into()
 }
+
+/// The longest a `PfsWaitHead` call waits.
+const MAX_WAIT_HEAD_MS: u32 = 60_000;
 
 /// A PFS name from a request field, or `INVALID_ARGUMENT` naming the field.
 pub(crate) fn pfs_name(field: &str, name: String) -> Result<PfsName, Status> {
@@ -109,6 +112,24 @@ impl pb::admin_server::Admin for AdminService {
         let all = blocking(move || engine.list_pfs()).await?;
         Ok(Response::new(pb::PfsListResponse {
             pfses: all.iter().map(pfs_info).collect(),
+        }))
+    }
+
+    async fn pfs_wait_head(
+        &self,
+        req: Request<pb::PfsWaitHeadRequest>,
+    ) -> Result<Response<pb::PfsWaitHeadResponse>, Status> {
+        let r = req.into_inner();
+        let name = pfs_name("PfsWaitHeadRequest.name", r.name)?;
+        let engine = self.engine.clone();
+        let mut heads = blocking(move || engine.subscribe(&name)).await?;
+        let want = repld_engine::Tid(r.tid);
+        let limit = Duration::from_millis(u64::from(r.timeout_ms.min(MAX_WAIT_HEAD_MS)));
+        // A timeout, or a PFS destroyed meanwhile (its sender gone), answers the head as it is.
+        let _ = tokio::time::timeout(limit, heads.wait_for(|h| *h >= want)).await;
+        let head = *heads.borrow();
+        Ok(Response::new(pb::PfsWaitHeadResponse {
+            head_tid: head.get(),
         }))
     }
 
