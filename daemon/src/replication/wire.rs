@@ -5,6 +5,8 @@
 //! chunk is hashed again (BLAKE3) and each change must continue the PFS's history chain, so a
 //! payload that decodes but lies is refused by the engine's apply.
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use repld_engine::Change;
 
@@ -41,35 +43,60 @@ pub struct Decoded {
 
 /// Decodes a payload; any malformed frame refuses all of it.
 pub fn decode(payload: &Bytes) -> Result<Decoded, String> {
-    let mut out = Decoded::default();
-    let mut p = &payload[..];
-    while !p.is_empty() {
-        if p.len() < FRAME {
-            return Err("a record frame is cut short".into());
+    // A first pass checks the framing and counts, so that each vector is allocated once: a
+    // batch of small files holds thousands of chunks.
+    let (mut chunks, mut changes) = (0, 0);
+    for frame in frames(payload) {
+        match frame?.0 {
+            KIND_CHUNK => chunks += 1,
+            _ => changes += 1,
         }
-        let kind = p[0];
-        let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
-        let body = p
-            .get(FRAME..FRAME + len)
-            .ok_or("a record runs past the end of the batch")?;
-        match kind {
-            KIND_CHUNK => {
-                if len > repld_engine::CHUNK_SIZE {
-                    return Err(format!(
-                        "a chunk of {len} bytes is larger than a chunk may be"
-                    ));
-                }
-                let start = payload.len() - p.len() + FRAME;
-                out.chunks.push(payload.slice(start..start + len));
-            }
-            KIND_CHANGE => out
-                .changes
-                .push(Change::decode(body).map_err(|e| format!("a change: {e}"))?),
-            other => return Err(format!("unknown record kind {other}")),
+    }
+    let mut out = Decoded {
+        chunks: Vec::with_capacity(chunks),
+        changes: Vec::with_capacity(changes),
+    };
+    for frame in frames(payload) {
+        let (kind, body) = frame?;
+        if kind == KIND_CHUNK {
+            out.chunks.push(payload.slice(body));
+        } else {
+            let change = Change::decode(&payload[body]).map_err(|e| format!("a change: {e}"))?;
+            out.changes.push(change);
         }
-        p = &p[FRAME + len..];
     }
     Ok(out)
+}
+
+/// The frames of a payload: each one's kind (a chunk or a change) and its body's byte range.
+fn frames(payload: &[u8]) -> impl Iterator<Item = Result<(u8, Range<usize>), String>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at == payload.len() {
+            return None;
+        }
+        let frame = (|| {
+            let head = payload
+                .get(at..at + FRAME)
+                .ok_or("a record frame is cut short")?;
+            let kind = head[0];
+            let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let body = at + FRAME..at + FRAME + len;
+            if body.end > payload.len() {
+                return Err("a record runs past the end of the batch".to_owned());
+            }
+            match kind {
+                KIND_CHUNK if len > repld_engine::CHUNK_SIZE => Err(format!(
+                    "a chunk of {len} bytes is larger than a chunk may be"
+                )),
+                KIND_CHUNK | KIND_CHANGE => Ok((kind, body)),
+                other => Err(format!("unknown record kind {other}")),
+            }
+        })();
+        // A bad frame ends the walk: nothing after it can be found.
+        at = frame.as_ref().map_or(payload.len(), |(_, body)| body.end);
+        Some(frame)
+    })
 }
 
 #[cfg(test)]
@@ -91,5 +118,10 @@ mod tests {
         let mut change = BytesMut::new();
         put_change(&mut change, b"not a change");
         assert!(decode(&change.freeze()).is_err());
+        let mut big = BytesMut::new();
+        put_chunk(&mut big, b"fine");
+        put_chunk(&mut big, &vec![0; repld_engine::CHUNK_SIZE + 1]);
+        let err = decode(&big.freeze()).expect_err("an oversized chunk");
+        assert!(err.contains("larger than a chunk may be"), "{err}");
     }
 }
