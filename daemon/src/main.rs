@@ -8,6 +8,11 @@ use repld::cli::{Cli, Command};
 use repld::{CancellationToken, EssentialTaskFailed};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: glibc's malloc cost the writer and the slave's apply a quarter of their CPU
+/// (docs/architecture.md, Crates).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
