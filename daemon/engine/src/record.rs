@@ -431,6 +431,25 @@ fn frame(kind: u8, payload_len: usize, write_payload: impl FnOnce(&mut Vec<u8>))
 /// Where a chunk's data starts in its record: after the header and the hash.
 pub(crate) const CHUNK_DATA_OFFSET: usize = RECORD_HEADER + 32;
 
+/// The hash and length of a chunk record this process framed with [`frame_chunk_in_place`],
+/// read from its header without checksumming its data again: the writer places thousands of
+/// chunks a second and their CRC was computed a moment ago, in memory. Records read from a
+/// device or received from a peer go through [`parse_frame`] instead.
+pub(crate) fn framed_chunk_ref(buf: &[u8]) -> Result<ChunkRef, &'static str> {
+    if buf.len() < CHUNK_DATA_OFFSET || buf[4] != KIND_CHUNK || buf[5] != 0 {
+        return Err("not a framed chunk record");
+    }
+    let payload = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    if RECORD_HEADER + payload != buf.len() {
+        return Err("a chunk record's length does not match its buffer");
+    }
+    let hash: Hash = buf[RECORD_HEADER..CHUNK_DATA_OFFSET]
+        .try_into()
+        .map_err(|_| "a chunk record's hash is cut short")?;
+    let len = u32::try_from(buf.len() - CHUNK_DATA_OFFSET).map_err(|_| "chunk too large")?;
+    Ok(ChunkRef { hash, len })
+}
+
 /// Frames a chunk record in place: `buf` holds the data at [`CHUNK_DATA_OFFSET`] (the bytes
 /// before it are overwritten) and is cut to `data_len` bytes of data. Saves the copy of
 /// a separate encoding for data that can be read straight into its record.
@@ -858,6 +877,31 @@ mod tests {
         let mut buf = vec![0xAAu8; CHUNK_DATA_OFFSET + 8000];
         buf[CHUNK_DATA_OFFSET..CHUNK_DATA_OFFSET + data.len()].copy_from_slice(&data);
         assert_eq!(frame_chunk_in_place(buf, data.len()), encode_chunk(&data));
+    }
+
+    #[test]
+    fn a_framed_chunk_gives_its_ref_from_the_header_and_a_bad_header_is_refused() {
+        let (cref, rec) = encode_chunk(b"hello, chunk");
+        assert_eq!(framed_chunk_ref(&rec), Ok(cref));
+        assert!(
+            framed_chunk_ref(&rec[..rec.len() - 1]).is_err(),
+            "length mismatch"
+        );
+        assert!(
+            framed_chunk_ref(&rec[..CHUNK_DATA_OFFSET - 1]).is_err(),
+            "cut short"
+        );
+        let commit = Record::Checkpoint {
+            pfs: 1,
+            synced: Tid(5),
+            partial: None,
+            master_head: Tid(5),
+        }
+        .encode();
+        assert!(framed_chunk_ref(&commit).is_err(), "not a chunk");
+        let mut flagged = rec.clone();
+        flagged[5] = FLAG_RELOCATED;
+        assert!(framed_chunk_ref(&flagged).is_err(), "a relocated copy");
     }
 
     #[test]

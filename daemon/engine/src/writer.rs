@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::exec::{self, Intent, PfsCommand};
 use crate::index::{IndexStore, Overlay, Writes};
 use crate::log::{Appender, LogPos, SegmentMap};
-use crate::record::{Change, Partial, Record, Role, parse_frame};
+use crate::record::{Change, ChunkRef, Partial, Record, Role, framed_chunk_ref};
 use crate::schema;
 
 /// Most bytes of work taken into one group.
@@ -543,21 +543,17 @@ fn place_chunk(
     framed: Vec<u8>,
     pin: crate::reclaim::Pin,
 ) -> Result<()> {
-    let f = parse_frame(&framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
-    let rec = Record::decode(f.kind, f.payload)
-        .map_err(|e| Error::Invalid(format!("chunk record: {e}")))?;
-    let Record::Chunk { hash, .. } = &rec else {
-        return Err(Error::Invalid("expected a chunk record".into()));
-    };
+    let ChunkRef { hash, len } =
+        framed_chunk_ref(&framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
     // A transaction may reference this chunk from now on (written or found stored): space
     // reclaim keeps it while the transaction is open.
-    ctx.reclaim.touch(hash, pin);
-    if ctx.known.may_contain(hash) && schema::chunk_loc(ov, hash)?.is_some() {
+    ctx.reclaim.touch(&hash, pin);
+    if ctx.known.may_contain(&hash) && schema::chunk_loc(ov, &hash)?.is_some() {
         return Ok(());
     }
-    ctx.known.insert(hash);
+    ctx.known.insert(&hash);
     let lsn = app.place(framed, map, false)?;
-    apply_record(ov, lsn, &rec)
+    apply_record(ov, lsn, &Record::Chunk { hash, len })
 }
 
 /// The log as it is on the device while a group is assembled.
