@@ -300,8 +300,8 @@ pub async fn head_tid(
         .map_or(0, |p| p.head_tid))
 }
 
-/// Seconds one `PfsStatus` call on `pfs` takes, as `replctl pfs status` and each poll of
-/// `replctl wait-sync` make it (the best of three, in-process on the admin socket).
+/// Seconds one `PfsStatus` call on `pfs` takes, as `replctl pfs status` makes it (the best of
+/// three, in-process on the admin socket).
 pub fn pfs_status_secs(node: &Node, pfs: &str) -> Result<f64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -17,7 +17,7 @@
 //!   `replctl wait-sync node1:data node2:data` runs. The figure is the wall-clock time from the
 //!   commit's TID (a TID is its commit's wall-clock time) until wait-sync exited 0: the change
 //!   streamed and durable on the slave. An in-process poll of the slave's head every 5 ms gives
-//!   the same without wait-sync's 100 ms polling.
+//!   the same without wait-sync's own start and connections (it waits on `PfsWaitHead`).
 //! - **rsync**: `rsync -a --stats SRC/ rsync://127.0.0.1:PORT/bench/`, then `sync -f DEST` so
 //!   that the copy is durable as the slave's is; `--stats` must report the changed files as the
 //!   only ones transferred.
@@ -137,7 +137,7 @@ impl Scenario for IncrementalSync {
         ));
         Ok(vec![
             Figure::new("repld: commit -> wait-sync", repl.to_wait_sync, "s").note(format!(
-                "{n} of {} files of {FILE_BYTES} B rewritten, committed on node1 by one `replctl import` of a tree holding only them ({} transaction); wall-clock time from the commit's TID until `replctl wait-sync node1:data node2:data` exited 0 (slave durable; wait-sync polls every 100 ms)",
+                "{n} of {} files of {FILE_BYTES} B rewritten, committed on node1 by one `replctl import` of a tree holding only them ({} transaction); wall-clock time from the commit's TID until `replctl wait-sync node1:data node2:data` exited 0 (slave durable; wait-sync waits on the slave's PfsWaitHead)",
                 tree.files, repl.transactions
             )),
             Figure::new("rsync: rsync -a + sync -f", rsync.secs, "s").note(format!(
@@ -180,7 +180,7 @@ impl Scenario for IncrementalSync {
             Figure::new("repld: versions the change added", added as f64, "versions")
                 .note(format!("{n} expected: only the rewritten files")),
             Figure::new("PfsStatus on the slave", status_secs * 1e3, "ms").note(format!(
-                "one call (best of 3) on the {}-file slave PFS, as each poll of `replctl wait-sync` makes on both nodes: it walks every entry to count them",
+                "one call (best of 3) on the {}-file slave PFS, as `replctl pfs status` makes: it walks every entry to count them (wait-sync does not call it)",
                 tree.files
             )),
             Figure::new("set-up: initial sync of the tree", initial_sync, "s")
