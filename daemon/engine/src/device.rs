@@ -379,6 +379,19 @@ impl Device {
         }
     }
 
+    /// Asks the kernel to drop `[offset, offset + len)` from the page cache (`posix_fadvise`
+    /// `DONTNEED`); for durable data nothing will read soon. Advice only: a failure is logged.
+    pub fn drop_cached(&self, offset: u64, len: u64) {
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return;
+        };
+        if let Err(e) =
+            rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::DontNeed)
+        {
+            tracing::debug!(error = %e, device = %self.path.display(), "fadvise DONTNEED failed");
+        }
+    }
+
     /// Makes everything written so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<()> {
         self.file

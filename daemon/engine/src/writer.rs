@@ -328,7 +328,10 @@ impl Writer {
         }
         drop(map);
         let new_segments = self.app.new_segments.clone();
-        let written = self.write_units(need_sync);
+        // A slave's applied batches are read again only by a verify or a cascade: once durable,
+        // their pages make room in the page cache, where the next batch's writes reuse them.
+        let uncache = group.iter().any(|s| matches!(s.work, Work::Apply { .. }));
+        let written = self.write_units(need_sync, uncache);
         let mut writes = layer.writes;
         let outcome = written.and_then(|bytes| {
             self.map
@@ -468,8 +471,11 @@ impl Writer {
     }
 
     /// Writes the assembled units, and syncs when asked. Returns the bytes written.
-    fn write_units(&mut self, sync: bool) -> Result<u64> {
+    /// Writes the units the group placed, then (`sync`) makes them durable. With `uncache`, the
+    /// durable bytes are dropped from the page cache (see "Slave apply" in architecture.md).
+    fn write_units(&mut self, sync: bool, uncache: bool) -> Result<u64> {
         let units = self.app.take_units();
+        let mut written = Vec::with_capacity(units.len());
         let mut bytes = 0u64;
         let zeros = [0u8; crate::device::BLOCK as usize];
         for u in units {
@@ -486,6 +492,7 @@ impl Writer {
                 self.dev.start_writeback(u.device_offset, len);
             }
             bytes += len;
+            written.push((u.device_offset, len));
             drop(bufs);
             for piece in u.body.pieces {
                 self.shared.chunk_bufs.give(piece);
@@ -504,6 +511,11 @@ impl Writer {
                 .fsync_ns
                 .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.app.durable_seq = self.app.last_unit_seq;
+            if uncache {
+                for (offset, len) in written {
+                    self.dev.drop_cached(offset, len);
+                }
+            }
         }
         Ok(bytes)
     }

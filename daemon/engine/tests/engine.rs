@@ -317,3 +317,82 @@ fn a_log_that_ends_exactly_at_a_segment_end_reopens_and_continues() {
     }
     assert!(hits > 0, "no size made a unit end at the segment's end");
 }
+
+/// Bytes of `path` in the page cache, from util-linux `fincore`.
+fn resident_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("run fincore (util-linux; scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "fincore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("fincore prints a byte count")
+}
+
+#[test]
+fn a_slaves_applied_batch_leaves_the_page_cache_once_durable_and_reads_back() {
+    const DATA: usize = 16 << 20;
+    let (md, sd) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let (master, slave) = (
+        Engine::open(options(md.path())).expect("open master"),
+        Engine::open(options(sd.path())).expect("open slave"),
+    );
+    let m = name("data");
+    let info = master
+        .create_pfs(&m, PfsOptions::default())
+        .expect("master");
+    slave
+        .create_pfs(
+            &m,
+            PfsOptions {
+                role: Role::Slave,
+                nohistory: false,
+                shared_uuid: Some(info.shared_uuid),
+            },
+        )
+        .expect("slave");
+    let data: Vec<u8> = (0..DATA).map(|i| (i * 7 % 251) as u8).collect();
+    let mut tx = master.begin(&m).expect("begin");
+    tx.put_bytes(&p("big"), attrs(), &data).expect("put");
+    tx.commit().expect("commit");
+    // The master keeps what it committed cached: its sender reads it back soon.
+    let master_cached = resident_bytes(&md.path().join("dev.img"));
+    assert!(
+        master_cached >= DATA as u64 / 2,
+        "the master's commit is cached ({master_cached} bytes): fincore sees the cache"
+    );
+
+    let changes = master.changes_since(&m, Tid::ZERO, 10).expect("scan");
+    let mut batch = ApplyBatch {
+        master_head: master.pfs(&m).expect("pfs").head,
+        changes: changes.clone(),
+        ..ApplyBatch::default()
+    };
+    for c in &changes {
+        for r in c.chunk_refs() {
+            batch
+                .chunks
+                .push(master.read_chunk(&r.hash).expect("chunk").into());
+        }
+    }
+    slave.apply(&m, batch).expect("apply");
+    let slave_cached = resident_bytes(&sd.path().join("dev.img"));
+    assert!(
+        slave_cached < DATA as u64 / 4,
+        "{slave_cached} bytes of the slave's image are cached after applying {DATA}"
+    );
+    let back = slave
+        .read_file(&m, &p("big"), &At::Head)
+        .expect("read the applied file back");
+    assert!(back == data, "the applied file reads back whole");
+}
