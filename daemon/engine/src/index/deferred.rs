@@ -12,10 +12,12 @@
 //! commit has just written) until the next batch replaces it. Readers look in `active`, then
 //! `flushing`, then `recent`, then the backend; a key is in at least one of them from the moment
 //! it is applied, because the flusher moves `flushing` out only after the backend holds it, and
-//! readers copy what the layers hold under the lock before they read the backend. Memory is bounded: an `apply` waits while `active`
-//! holds more than [`Deferred::MAX_ACTIVE_BYTES`]. [`IndexStore::flush`] waits until everything
-//! applied before it is in the backend, then flushes the backend. A backend failure is kept and
-//! returned by every later `apply` and `flush`; the layers stay, so reads go on seeing the data.
+//! readers copy what the layers hold under the lock before they read the backend.
+//!
+//! Memory is bounded: an `apply` waits while `active` holds more than
+//! [`Deferred::MAX_ACTIVE_BYTES`]. [`IndexStore::flush`] waits until everything applied before it
+//! is in the backend, then flushes the backend. A backend failure is kept and returned by every
+//! later `apply` and `flush`; the layers stay, so reads go on seeing the data.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
