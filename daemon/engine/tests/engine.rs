@@ -339,10 +339,9 @@ fn resident_bytes(path: &Path) -> u64 {
 #[test]
 fn a_slaves_applied_batch_leaves_the_page_cache_once_durable_and_reads_back() {
     const DATA: usize = 16 << 20;
-    let (md, sd) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
+    // Beside the build, on a disk-backed file system: a tmpfs `/tmp` cannot drop its pages.
+    let scratch = || tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let (md, sd) = (scratch(), scratch());
     let (master, slave) = (
         Engine::open(options(md.path())).expect("open master"),
         Engine::open(options(sd.path())).expect("open slave"),
