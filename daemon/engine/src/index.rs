@@ -266,14 +266,23 @@ impl KvRead for Overlay<'_> {
         if start >= end {
             return Ok(None);
         }
-        let ours = self.writes.range(start.to_vec()..end.to_vec()).next_back();
+        // Our greatest live key, past any removals above it.
+        let ours = self
+            .writes
+            .range(start.to_vec()..end.to_vec())
+            .rev()
+            .find_map(|(k, v)| Some((k, v.as_ref()?)));
         let base = self.base.last(start, end)?;
+        let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
         match (ours, base) {
-            (None, base) => Ok(base),
-            (Some((k, Some(v))), base) if base.as_ref().is_none_or(|(bk, _)| bk <= k) => {
-                Ok(Some((k.clone(), v.clone())))
+            (ours, None) => Ok(ours.map(clone)),
+            // The base's greatest key stands: the answer is it or a greater one of ours.
+            (ours, Some((bk, bv))) if !self.writes.contains_key(&bk) => {
+                Ok(Some(ours.filter(|(k, _)| **k > bk).map_or((bk, bv), clone)))
             }
-            (Some(_), Some((bk, bv))) if !self.writes.contains_key(&bk) => Ok(Some((bk, bv))),
+            // The base has nothing above its greatest key, which we replace or remove.
+            (Some((k, v)), Some((bk, _))) if *k >= bk => Ok(Some(clone((k, v)))),
+            // We removed the base's greatest key: what stands below it needs a scan.
             _ => Ok(self.merged(start, end, usize::MAX)?.pop()),
         }
     }
@@ -318,6 +327,26 @@ mod tests {
             o.last(b"a", b"b").expect("last").map(|(k, _)| k),
             Some(b"a9".to_vec())
         );
+    }
+
+    #[test]
+    fn last_is_our_greatest_live_key_below_a_removal_and_above_the_base() {
+        let b = base();
+        let mut o = Overlay::new(&b, Writes::new());
+        o.put(b"b2".to_vec(), b"new".to_vec());
+        o.remove(b"b3".to_vec());
+        assert_eq!(
+            o.last(b"b", b"c").expect("last").map(|(k, _)| k),
+            Some(b"b2".to_vec()),
+            "b1 is the base's greatest, b3 is removed, b2 is ours"
+        );
+        o.remove(b"b2".to_vec());
+        assert_eq!(
+            o.last(b"b", b"c").expect("last").map(|(k, _)| k),
+            Some(b"b1".to_vec())
+        );
+        o.remove(b"b1".to_vec());
+        assert_eq!(o.last(b"b", b"c").expect("last"), None);
     }
 
     #[test]
