@@ -87,22 +87,41 @@ impl Deferred {
         })
     }
 
-    /// The writes not yet in the backend that fall in `[start, end)`; a newer write of a key
-    /// wins.
-    fn pending(&self, start: &[u8], end: &[u8]) -> Writes {
+    /// The writes not yet in the backend that fall in `[start, end)`, a newer write of a key
+    /// winning, in key order up to the `live`-th one that is not a removal: the first `live`
+    /// entries of the merged view lie at or below it, so a paged scan copies about a page of
+    /// each layer, not the rest of the range every time.
+    fn pending(&self, start: &[u8], end: &[u8], live: usize) -> Writes {
         let st = self.shared.lock();
-        let mut out = Writes::new();
-        let layers = [
-            st.recent.as_deref(),
-            st.flushing.as_deref(),
+        // Newest first: the first layer to hold a key has its latest write.
+        let mut layers: Vec<_> = [
             Some(&st.active),
-        ];
-        for layer in layers.into_iter().flatten() {
-            out.extend(
-                layer
-                    .range(start.to_vec()..end.to_vec())
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            st.flushing.as_deref(),
+            st.recent.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|l| l.range(start.to_vec()..end.to_vec()).peekable())
+        .collect();
+        let mut out = Writes::new();
+        let mut seen = 0;
+        while seen < live {
+            let Some(key) = layers
+                .iter_mut()
+                .filter_map(|l| l.peek().map(|(k, _)| *k))
+                .min()
+            else {
+                break;
+            };
+            let mut newest = None;
+            for layer in &mut layers {
+                if let Some((_, v)) = layer.next_if(|(k, _)| *k == key) {
+                    newest.get_or_insert(v);
+                }
+            }
+            let value = newest.expect("some layer holds the least key").clone();
+            seen += usize::from(value.is_some());
+            out.insert(key.clone(), value);
         }
         out
     }
@@ -192,14 +211,14 @@ impl KvRead for Deferred {
         if start >= end {
             return Ok(Vec::new());
         }
-        Overlay::new(&*self.shared.base, self.pending(start, end)).range(start, end, limit)
+        Overlay::new(&*self.shared.base, self.pending(start, end, limit)).range(start, end, limit)
     }
 
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if start >= end {
             return Ok(None);
         }
-        Overlay::new(&*self.shared.base, self.pending(start, end)).last(start, end)
+        Overlay::new(&*self.shared.base, self.pending(start, end, usize::MAX)).last(start, end)
     }
 }
 
@@ -331,6 +350,16 @@ mod tests {
         }
     }
 
+    /// Opens the gate when dropped. Declared after the store, it drops first: a failed assertion
+    /// does not leave the store's drop waiting on a shut gate for its last flush.
+    struct OpenOnDrop(Arc<Gated>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
     fn writes(pairs: &[(&str, Option<&str>)]) -> Writes {
         pairs
             .iter()
@@ -359,6 +388,7 @@ mod tests {
             ("b", Some("b")),
         ]))?;
         let d = Deferred::new(gated.clone())?;
+        let _gate = OpenOnDrop(gated.clone());
         d.apply_owned(writes(&[("a1", Some("new")), ("a0", Some("new"))]))?;
         // The flusher has taken the first apply and waits at the gate; this one stays active.
         d.apply_owned(writes(&[("a2", None), ("a3", Some("new"))]))?;
@@ -404,6 +434,54 @@ mod tests {
     }
 
     #[test]
+    fn a_paged_scan_through_every_layer_matches_the_writes_applied_in_full() -> Result<()> {
+        let gated = Gated::shut();
+        let reference = MemIndex::default();
+        let key = |i: u32| format!("k{i:02}");
+        let initial: Writes = (0..50)
+            .map(|i| (key(i).into_bytes(), Some(b"base".to_vec())))
+            .collect();
+        gated.mem.apply(&initial)?;
+        reference.apply(&initial)?;
+        let d = Deferred::new(gated.clone())?;
+        let _gate = OpenOnDrop(gated.clone());
+        // The first apply ends up flushing (held at the gate), the second active, over the base.
+        let rounds = [
+            (0..50)
+                .filter(|i| i % 3 == 0)
+                .map(|i| (key(i), None))
+                .collect::<Vec<_>>(),
+            (0..60)
+                .filter(|i| i % 4 == 0)
+                .map(|i| (key(i), Some("new")))
+                .chain((0..50).filter(|i| i % 7 == 1).map(|i| (key(i), None)))
+                .collect(),
+        ];
+        for round in rounds {
+            let w: Writes = round
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes(), v.map(|v| v.as_bytes().to_vec())))
+                .collect();
+            reference.apply(&w)?;
+            d.apply_owned(w)?;
+            while d.shared.lock().flushing.is_none() {
+                std::thread::yield_now();
+            }
+        }
+        let mut paged = Vec::new();
+        let mut from = b"k".to_vec();
+        loop {
+            let page = d.range(&from, b"l", 3)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.iter().copied().chain([0]).collect();
+            paged.extend(page);
+        }
+        assert_eq!(paged, reference.range(b"k", b"l", usize::MAX)?);
+        assert_eq!(d.last(b"k", b"l")?, reference.last(b"k", b"l")?);
+        Ok(())
+    }
+
+    #[test]
     fn clear_leaves_nothing_to_read_in_any_layer() -> Result<()> {
         let gated = Arc::new(Gated::default());
         let d = Deferred::new(gated.clone())?;
@@ -440,6 +518,7 @@ mod tests {
     fn an_apply_waits_for_the_flusher_once_the_active_layer_is_full() -> Result<()> {
         let gated = Gated::shut();
         let d = Arc::new(Deferred::with_limit(gated.clone(), 16)?);
+        let _gate = OpenOnDrop(gated.clone());
         // The flusher takes this one and waits at the gate.
         d.apply_owned(writes(&[("first", Some("0123456789abcdef"))]))?;
         while d.shared.lock().flushing.is_none() {
