@@ -9,7 +9,7 @@ use crate::bufpool::CHUNK_RECORD_LEN;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::record::{
-    Change, ChunkRef, EntryKind, EntryMeta, Hash, RECORD_HEADER, Record, parse_frame,
+    Change, ChunkRef, EntryKind, EntryMeta, Hash, RECORD_HEADER, Record, parse_frame, payload_len,
 };
 use crate::schema::{self, PfsRecord};
 
@@ -401,8 +401,7 @@ impl Engine {
                 "space reclaim moved the record at LSN {lsn:#x} meanwhile; try again"
             )));
         }
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        Ok(RECORD_HEADER as u64 + u64::from(len))
+        Ok((RECORD_HEADER + payload_len(&head)) as u64)
     }
 
     /// The record at `lsn`; `None` when its segment was freed (see [`Self::try_read_at_lsn`]).
@@ -422,7 +421,7 @@ impl Engine {
         if !self.try_read_at_lsn(lsn, &mut head)? {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        let len = payload_len(&head);
         if len > crate::log::MAX_UNIT_BODY {
             return Err(self.corruption(lsn, "record length is impossible".into()));
         }

@@ -395,7 +395,7 @@ pub(crate) fn read_record_raw(
         .ok_or_else(|| Error::Index(format!("no segment holds LSN {lsn:#x}")))?;
     let mut head = [0u8; crate::record::RECORD_HEADER];
     dev.read_at(&mut head, off)?;
-    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    let len = crate::record::payload_len(&head);
     if len > crate::log::MAX_UNIT_BODY {
         return Err(Error::Corruption {
             lsn,

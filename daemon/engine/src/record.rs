@@ -31,6 +31,12 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// Bytes in a record header.
 pub(crate) const RECORD_HEADER: usize = 12;
 
+/// The payload length in a record's header; `record` holds at least the header.
+pub(crate) fn payload_len(record: &[u8]) -> usize {
+    let header = &record[..RECORD_HEADER];
+    u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize
+}
+
 pub use repl_types::EntryKind;
 
 fn kind_code(k: EntryKind) -> u8 {
@@ -439,7 +445,7 @@ pub(crate) fn framed_chunk_ref(buf: &[u8]) -> Result<ChunkRef, &'static str> {
     if buf.len() < CHUNK_DATA_OFFSET || buf[4] != KIND_CHUNK || buf[5] != 0 {
         return Err("not a framed chunk record");
     }
-    let payload = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    let payload = payload_len(buf);
     if RECORD_HEADER + payload != buf.len() {
         return Err("a chunk record's length does not match its buffer");
     }
@@ -738,7 +744,7 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Result<Framed<'_>, &'static str> {
     if buf.len() < RECORD_HEADER {
         return Err("record header runs past the unit");
     }
-    let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+    let len = payload_len(buf);
     let total_len = RECORD_HEADER + len;
     if buf.len() < total_len {
         return Err("record runs past the unit");

@@ -588,8 +588,7 @@ impl OnDisk<'_> {
             .ok_or_else(|| Error::Index(format!("no segment holds LSN {lsn:#x}")))?;
         let mut head = [0u8; crate::record::RECORD_HEADER];
         self.dev.read_at(&mut head, off)?;
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        Ok((crate::record::RECORD_HEADER as u64) + u64::from(len))
+        Ok((crate::record::RECORD_HEADER + crate::record::payload_len(&head)) as u64)
     }
 }
 
