@@ -102,6 +102,16 @@ impl Cluster {
         serde_json::from_str(&out).with_context(|| format!("status JSON: {out}"))
     }
 
+    /// The row of the slave PFS `pfs` in `node`'s status (`slaves`).
+    pub fn slave_row(&self, node: &str, pfs: &str) -> Result<Value> {
+        let s = self.status(node)?;
+        s["slaves"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["slave"] == pfs))
+            .cloned()
+            .with_context(|| format!("no slave {pfs} on {node}: {s}"))
+    }
+
     /// The row of the pairing that `master` feeds to `slave` (`node2:data`), from its node.
     pub fn pairing(&self, master_node: &str, slave: &str) -> Result<Value> {
         let s = self.status(master_node)?;

@@ -39,20 +39,10 @@ fn put(c: &Cluster, data: &[u8], target: &str) -> Result<()> {
     Ok(())
 }
 
-/// The slave row of `pfs` in `replctl status` on `node`.
-fn slave_row(c: &Cluster, node: &str, pfs: &str) -> Result<Value> {
-    let s = c.status(node)?;
-    s["slaves"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["slave"] == pfs))
-        .cloned()
-        .with_context(|| format!("no slave {pfs} on {node}: {s}"))
-}
-
 fn wait_slave_full(c: &Cluster) -> Result<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let row = slave_row(c, "node2", "data")?;
+        let row = c.slave_row("node2", "data")?;
         if row["state"] == "slave-full" {
             return Ok(row);
         }
@@ -190,7 +180,7 @@ fn a_full_slave_stops_with_a_clear_state_while_the_master_keeps_going() -> Resul
     ensure!(slave_full_metric(&mut c, 1, "master")? == "0");
     ensure!(slave_full_metric(&mut c, 2, "slave")? == "0");
     ensure!(
-        slave_row(&c, "node2", "data")?["state"] != "slave-full",
+        c.slave_row("node2", "data")?["state"] != "slave-full",
         "the slave still says it is full"
     );
     Ok(())

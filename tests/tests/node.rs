@@ -647,21 +647,14 @@ fn pfs_wait_head_answers_when_a_commit_passes_the_tid_and_at_its_timeout_otherwi
     );
 
     // Bad input is refused before any wait.
-    let bad = rt
-        .block_on(admin.pfs_wait_head(PfsWaitHeadRequest {
-            name: "../x".into(),
-            tid: 1,
-            timeout_ms: 60_000,
-        }))
-        .expect_err("a bad PFS name");
-    ensure!(bad.code() == tonic::Code::InvalidArgument, "{bad:?}");
-    let missing = rt
-        .block_on(admin.pfs_wait_head(PfsWaitHeadRequest {
-            name: "nope".into(),
-            tid: 1,
-            timeout_ms: 60_000,
-        }))
-        .expect_err("no such PFS");
-    ensure!(missing.code() == tonic::Code::NotFound, "{missing:?}");
+    for (name, code) in [
+        ("../x", tonic::Code::InvalidArgument),
+        ("nope", tonic::Code::NotFound),
+    ] {
+        let mut r = req(1, 60_000);
+        r.name = name.into();
+        let err = rt.block_on(admin.pfs_wait_head(r)).expect_err("refused");
+        ensure!(err.code() == code, "{name}: {err:?}");
+    }
     Ok(())
 }

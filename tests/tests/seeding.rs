@@ -27,19 +27,9 @@ fn tid_of(v: &Value, what: &str) -> Result<Tid> {
         .with_context(|| format!("{what}: not a TID: {v}"))
 }
 
-/// The slave row of `pfs` in `node`'s status.
-fn slave_row(c: &Cluster, node: &str, pfs: &str) -> Result<Value> {
-    let s = c.status(node)?;
-    s["slaves"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["slave"] == pfs))
-        .cloned()
-        .with_context(|| format!("no slave {pfs} on {node}: {s}"))
-}
-
 /// A slave's synced TID, from its node's status.
 fn synced(c: &Cluster, node: &str, pfs: &str) -> Result<Tid> {
-    tid_of(&slave_row(c, node, pfs)?["synced_tid"], "synced_tid")
+    tid_of(&c.slave_row(node, pfs)?["synced_tid"], "synced_tid")
 }
 
 /// The exports of `a` and `b` at `tid` are the same bytes.
@@ -113,12 +103,12 @@ fn a_cascade_feeds_a_third_node_that_matches_the_first_under_load() -> Result<()
             && tid_of(&hop2["head_tid"], "head_tid")? == at,
         "node2's pairing row does not show node3 at node2's head {at}: {hop2}"
     );
-    let on2 = slave_row(&c, "node2", "data")?;
+    let on2 = c.slave_row("node2", "data")?;
     ensure!(on2["masters"][0] == "node1", "{on2}");
     // The master's head on node3 comes from node2's heartbeats (one a second).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let on3 = slave_row(&c, "node3", "data")?;
+        let on3 = c.slave_row("node3", "data")?;
         ensure!(on3["masters"][0] == "node2", "{on3}");
         if tid_of(&on3["master_head_tid"], "master_head_tid")? == at {
             break;

@@ -25,6 +25,21 @@ fn options(dir: &Path) -> EngineOptions {
     o
 }
 
+/// A batch that takes a slave of `m` through `changes`, with their chunks read from `e`.
+fn batch_of(e: &Engine, m: &PfsName, changes: &[repld_engine::Change]) -> ApplyBatch {
+    let chunks = changes
+        .iter()
+        .flat_map(|c| c.chunk_refs())
+        .map(|r| e.read_chunk(&r.hash).expect("chunk").into())
+        .collect();
+    ApplyBatch {
+        master_head: e.pfs(m).expect("pfs").head,
+        changes: changes.to_vec(),
+        chunks,
+        ..ApplyBatch::default()
+    }
+}
+
 fn attrs() -> Attrs {
     Attrs {
         mode: 0o644,
@@ -174,18 +189,7 @@ fn slave_refuses_writes_and_applies_a_change_scan() {
     }
     let changes = e.changes_since(&m, Tid::ZERO, 100).expect("scan");
     assert_eq!(changes.len(), 3);
-    let mut batch = ApplyBatch {
-        master_head: e.pfs(&m).expect("pfs").head,
-        ..ApplyBatch::default()
-    };
-    for c in &changes {
-        for r in c.chunk_refs() {
-            batch
-                .chunks
-                .push(e.read_chunk(&r.hash).expect("chunk").into());
-        }
-    }
-    batch.changes = changes.clone();
+    let batch = batch_of(&e, &m, &changes);
     let cp = e.apply(&s, batch.clone()).expect("apply");
     assert_eq!(cp.synced, changes[2].tid);
     assert_eq!(
@@ -372,19 +376,9 @@ fn a_slaves_applied_batch_leaves_the_page_cache_once_durable_and_reads_back() {
     );
 
     let changes = master.changes_since(&m, Tid::ZERO, 10).expect("scan");
-    let mut batch = ApplyBatch {
-        master_head: master.pfs(&m).expect("pfs").head,
-        changes: changes.clone(),
-        ..ApplyBatch::default()
-    };
-    for c in &changes {
-        for r in c.chunk_refs() {
-            batch
-                .chunks
-                .push(master.read_chunk(&r.hash).expect("chunk").into());
-        }
-    }
-    slave.apply(&m, batch).expect("apply");
+    slave
+        .apply(&m, batch_of(&master, &m, &changes))
+        .expect("apply");
     let slave_cached = resident_bytes(&sd.path().join("dev.img"));
     assert!(
         slave_cached < DATA as u64 / 4,
