@@ -1,10 +1,14 @@
 //! Engine behaviour through its public API, on real image files.
 
+mod common;
+
 use std::path::Path;
 
+use common::batch_of;
+
 use repld_engine::{
-    ApplyBatch, At, Attrs, Engine, EngineOptions, EntryKind, EntryPath, Error, FormatOptions,
-    PfsName, PfsOptions, Role, Tid,
+    At, Attrs, Engine, EngineOptions, EntryKind, EntryPath, Error, FormatOptions, PfsName,
+    PfsOptions, Role, Tid,
 };
 
 fn p(s: &str) -> EntryPath {
@@ -23,21 +27,6 @@ fn options(dir: &Path) -> EngineOptions {
         create_size: Some(256 << 20),
     });
     o
-}
-
-/// A batch that takes a slave of `m` through `changes`, with their chunks read from `e`.
-fn batch_of(e: &Engine, m: &PfsName, changes: &[repld_engine::Change]) -> ApplyBatch {
-    let chunks = changes
-        .iter()
-        .flat_map(|c| c.chunk_refs())
-        .map(|r| e.read_chunk(&r.hash).expect("chunk").into())
-        .collect();
-    ApplyBatch {
-        master_head: e.pfs(m).expect("pfs").head,
-        changes: changes.to_vec(),
-        chunks,
-        ..ApplyBatch::default()
-    }
 }
 
 fn attrs() -> Attrs {

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use repld_engine::{
-    At, Attrs, Engine, EngineOptions, EntryKind, EntryPath, FormatOptions, PfsName, Tid,
+    ApplyBatch, At, Attrs, Engine, EngineOptions, EntryKind, EntryPath, FormatOptions, PfsName, Tid,
 };
 
 /// Bytes per segment in every test device.
@@ -235,4 +235,19 @@ pub fn find_unique(hay: &[u8], needle: &[u8]) -> u64 {
     let first = hits.next().expect("the pattern is on the device");
     assert!(hits.next().is_none(), "the pattern is on the device once");
     first
+}
+
+/// A batch that takes a slave of `m` through `changes`, with their chunks read from `e`.
+pub fn batch_of(e: &Engine, m: &PfsName, changes: &[repld_engine::Change]) -> ApplyBatch {
+    let chunks = changes
+        .iter()
+        .flat_map(|c| c.chunk_refs())
+        .map(|r| e.read_chunk(&r.hash).expect("chunk").into())
+        .collect();
+    ApplyBatch {
+        master_head: e.pfs(m).expect("pfs").head,
+        changes: changes.to_vec(),
+        chunks,
+        ..ApplyBatch::default()
+    }
 }
