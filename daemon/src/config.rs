@@ -145,6 +145,17 @@ pub struct ReplicationConfig {
     /// A stream whose sent batches get no acknowledgement for this long is reset and
     /// reconnected. Default: `30s`.
     pub stall_timeout: HumanDuration,
+
+    /// The payload bytes a master's sender puts in one batch, at most (a single change record
+    /// travels whole and may be larger). Two batches are in flight per stream, so this also
+    /// bounds what a crash or a cut makes the sender send again. Between 64KiB and 64MiB, and
+    /// 64KiB below `limits.max_message_bytes`. Default: `4MiB`.
+    pub batch_bytes: ByteSize,
+}
+
+impl ReplicationConfig {
+    /// The range `batch_bytes` must lie in.
+    pub const BATCH_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
 }
 
 impl Default for ReplicationConfig {
@@ -152,6 +163,7 @@ impl Default for ReplicationConfig {
         Self {
             node_bandwidth: None,
             stall_timeout: HumanDuration::secs(30),
+            batch_bytes: ByteSize::mib(4),
         }
     }
 }
@@ -590,6 +602,22 @@ impl Config {
                 ),
             );
         }
+        let batch = self.replication.batch_bytes;
+        if !ReplicationConfig::BATCH_BYTES.contains(&batch.bytes()) {
+            err(
+                "replication.batch_bytes",
+                format!("{batch} is out of range: use between 64KiB and 64MiB"),
+            );
+        } else if batch.bytes() + (64 << 10) > l.max_message_bytes.bytes() {
+            err(
+                "replication.batch_bytes",
+                format!(
+                    "{batch} does not fit in a message of limits.max_message_bytes ({}) with 64KiB \
+                     of framing: lower it, or raise limits.max_message_bytes",
+                    l.max_message_bytes
+                ),
+            );
+        }
         if l.max_concurrent_streams == 0 {
             err(
                 "limits.max_concurrent_streams",
@@ -776,6 +804,26 @@ mod tests {
         );
         let f = field_error("[[devices]]\npath = \"a\"\nsise = \"1GiB\"\n");
         assert_eq!(f.field, "devices[0].sise");
+    }
+
+    #[test]
+    fn the_batch_size_is_bounded_and_fits_in_a_message() {
+        let ok = parse("[replication]\nbatch_bytes = \"1MiB\"\n").expect("1MiB");
+        assert_eq!(ok.replication.batch_bytes, ByteSize::mib(1));
+        assert_eq!(
+            parse("").expect("default").replication.batch_bytes,
+            ByteSize::mib(4)
+        );
+        for bad in ["\"32KiB\"", "\"128MiB\""] {
+            let f = field_error(&format!("[replication]\nbatch_bytes = {bad}\n"));
+            assert_eq!(f.field, "replication.batch_bytes");
+            assert!(f.message.contains("out of range"), "{f}");
+        }
+        let f = field_error(
+            "[replication]\nbatch_bytes = \"16MiB\"\n[limits]\nmax_message_bytes = \"16MiB\"\n",
+        );
+        assert_eq!(f.field, "replication.batch_bytes");
+        assert!(f.message.contains("limits.max_message_bytes"), "{f}");
     }
 
     #[test]

@@ -24,7 +24,6 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 #[allow(unsafe_code)]
 unsafe extern "C" {
-    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 
@@ -105,6 +104,11 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[allow(unsafe_code)]
+    unsafe extern "C" {
+        fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    }
 
     #[test]
     fn the_purge_delay_option_is_mimallocs_and_is_set() {

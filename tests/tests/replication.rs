@@ -188,6 +188,33 @@ fn two_slaves_match_and_a_stopped_one_does_not_stop_the_other() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_master_configured_for_1_mib_batches_sends_no_larger_ones() -> Result<()> {
+    let c = Cluster::start(2, |i| NodeOptions {
+        extra_config: if i == 1 {
+            "[replication]\nbatch_bytes = \"1MiB\"\n".into()
+        } else {
+            String::new()
+        },
+        ..NodeOptions::default()
+    })?;
+    let src = tree_of(c.work.path(), 2, 6 << 20)?;
+    c.ok(&[&"pfs", &"create", &"node1:data"])?;
+    c.ok(&[&"import", &src, &"node1:data"])?;
+    c.ok(&[&"pair", &"node1:data", &"node2:data"])?;
+    c.wait_sync("node1:data", "node2:data")?;
+    c.verify_match("node1:data", "node2:data", false)?;
+    let row = c.pairing("node1", "node2:data")?;
+    let (sent, batches) = (bytes_of(&row, "bytes_sent"), bytes_of(&row, "batches_sent"));
+    ensure!(sent >= 12 * MIB, "{row}");
+    ensure!(
+        sent <= batches * MIB,
+        "{sent} bytes in {batches} batches: some batch was larger than 1 MiB: {row}"
+    );
+    tree::make_writable(c.work.path());
+    Ok(())
+}
+
 /// Imports `files` x `each` bytes on node1, pairs at `rate`, SIGKILLs node `victim` once more
 /// than `after` bytes went out, restarts it, lifts the limit, and requires a deep MATCH. Returns
 /// the master's status row for the pairing.

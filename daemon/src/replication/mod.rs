@@ -32,7 +32,8 @@ use crate::config::Config;
 pub use sink::{EngineSink, SlaveView};
 pub use store::{Pairing, Settings, Store, Upstream};
 
-/// Largest batch payload a sender makes and a receiver accepts.
+/// The batch payload a sender makes by default (`replication.batch_bytes`) and a dump file's
+/// batches hold; a receiver accepts at least this much.
 pub const MAX_BATCH_BYTES: u64 = 4 << 20;
 
 /// A slave PFS that had a heartbeat this recently is still receiving from its master (senders
@@ -190,7 +191,7 @@ impl Replication {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut cfg =
             SenderConfig::new(p.master_pfs.clone(), p.slave_pfs.clone(), info.shared_uuid);
-        cfg.max_batch_bytes = MAX_BATCH_BYTES;
+        cfg.max_batch_bytes = self.config.replication.batch_bytes.bytes();
         cfg.stall_timeout = self.config.replication.stall_timeout.0;
         let limiter = Arc::new(Limiter::new(p.bandwidth));
         if let Some(rate) = p.bandwidth {
