@@ -148,14 +148,25 @@ pub struct ReplicationConfig {
 
     /// The payload bytes a master's sender puts in one batch, at most (a single change record
     /// travels whole and may be larger). Two batches are in flight per stream, so this also
-    /// bounds what a crash or a cut makes the sender send again. Between 64KiB and 64MiB, and
-    /// 64KiB below `limits.max_message_bytes`. Default: `4MiB`.
+    /// bounds what a crash or a cut makes the sender send again. Between 64KiB and 64MiB; a
+    /// stream uses at most `limits.max_message_bytes` less 64KiB (see
+    /// [`ReplicationConfig::stream_batch_bytes`]). Default: `4MiB`.
     pub batch_bytes: ByteSize,
 }
 
 impl ReplicationConfig {
     /// The range `batch_bytes` must lie in.
     pub const BATCH_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 20);
+
+    /// The batch size a stream aims at: `batch_bytes`, but small enough that a batch and its
+    /// framing fit in a message of `max_message_bytes` (never below 64 KiB).
+    pub fn stream_batch_bytes(&self, max_message_bytes: ByteSize) -> u64 {
+        let fits = max_message_bytes.bytes().saturating_sub(64 << 10);
+        self.batch_bytes
+            .bytes()
+            .min(fits)
+            .max(*Self::BATCH_BYTES.start())
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -608,15 +619,6 @@ impl Config {
                 "replication.batch_bytes",
                 format!("{batch} is out of range: use between 64KiB and 64MiB"),
             );
-        } else if batch.bytes() + (64 << 10) > l.max_message_bytes.bytes() {
-            err(
-                "replication.batch_bytes",
-                format!(
-                    "{batch} does not fit in a message of limits.max_message_bytes ({}) with 64KiB \
-                     of framing: lower it, or raise limits.max_message_bytes",
-                    l.max_message_bytes
-                ),
-            );
         }
         if l.max_concurrent_streams == 0 {
             err(
@@ -807,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_size_is_bounded_and_fits_in_a_message() {
+    fn the_batch_size_is_bounded_and_a_stream_clamps_it_to_a_message() {
         let ok = parse("[replication]\nbatch_bytes = \"1MiB\"\n").expect("1MiB");
         assert_eq!(ok.replication.batch_bytes, ByteSize::mib(1));
         assert_eq!(
@@ -819,11 +821,17 @@ mod tests {
             assert_eq!(f.field, "replication.batch_bytes");
             assert!(f.message.contains("out of range"), "{f}");
         }
-        let f = field_error(
-            "[replication]\nbatch_bytes = \"16MiB\"\n[limits]\nmax_message_bytes = \"16MiB\"\n",
+        let c = parse(
+            "[replication]\nbatch_bytes = \"16MiB\"\n[limits]\nmax_message_bytes = \"8MiB\"\n",
+        )
+        .expect("a batch larger than a message is clamped, not refused");
+        let r = &c.replication;
+        assert_eq!(
+            r.stream_batch_bytes(c.limits.max_message_bytes),
+            (8 << 20) - (64 << 10)
         );
-        assert_eq!(f.field, "replication.batch_bytes");
-        assert!(f.message.contains("limits.max_message_bytes"), "{f}");
+        assert_eq!(r.stream_batch_bytes(ByteSize::mib(32)), 16 << 20);
+        assert_eq!(r.stream_batch_bytes(ByteSize::kib(4)), 64 << 10);
     }
 
     #[test]

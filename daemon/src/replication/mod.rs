@@ -191,7 +191,10 @@ impl Replication {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut cfg =
             SenderConfig::new(p.master_pfs.clone(), p.slave_pfs.clone(), info.shared_uuid);
-        cfg.max_batch_bytes = self.config.replication.batch_bytes.bytes();
+        cfg.max_batch_bytes = self
+            .config
+            .replication
+            .stream_batch_bytes(self.config.limits.max_message_bytes);
         cfg.stall_timeout = self.config.replication.stall_timeout.0;
         let limiter = Arc::new(Limiter::new(p.bandwidth));
         if let Some(rate) = p.bandwidth {
