@@ -495,7 +495,14 @@ fn server_builder(limits: &LimitsConfig) -> Server {
         // instead of HTTP/2's 64 KiB default.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(2 * STREAM_WINDOW))
+        // A peer may send DATA frames of up to 1 MiB instead of 16 KiB: a 4 MiB batch costs the
+        // receiving slave 4 frames, not 256 (its CPU for a 1 GiB initial sync: 1.77 and 1.62 s ->
+        // 1.58 and 1.54 s, docs/benchmarks.md).
+        .max_frame_size(Some(MAX_FRAME))
 }
+
+/// The largest HTTP/2 frame a peer may send this server.
+const MAX_FRAME: u32 = 1 << 20;
 
 /// The HTTP/2 flow-control window a stream starts with: two 4 MiB replication batches.
 const STREAM_WINDOW: u32 = 8 << 20;
