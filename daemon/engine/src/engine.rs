@@ -11,7 +11,6 @@ use repl_types::{EntryPath, PfsName, Retention, Tid};
 use tokio::sync::watch;
 
 use crate::apply::apply_record;
-use crate::bufpool::ChunkBufs;
 use crate::chunkfilter::ChunkFilter;
 use crate::device::{Device, FormatOptions};
 use crate::error::{Error, Result};
@@ -20,7 +19,8 @@ use crate::index::{Deferred, IndexStore, KvRead, MemIndex, Overlay, SledIndex, W
 use crate::log::{self, Appender, LogEnd, LogPos, ScanEvent, SegmentMap};
 use crate::prune::{PruneOptions, PruneReport, TidRange};
 use crate::record::{
-    CHUNK_DATA_OFFSET, CHUNK_SIZE, Change, Hash, Partial, Record, Role, frame_chunk_in_place,
+    CHUNK_DATA_OFFSET, CHUNK_SIZE, Change, FramedChunk, Hash, Partial, Record, Role,
+    frame_chunk_in_place,
 };
 use crate::schema::{self, PfsRecord};
 use crate::writer::{self, Outcome, Shared, Stats, Submission, Work, Writer};
@@ -162,7 +162,7 @@ pub struct ApplyBatch {
 /// Replicated changes whose chunks are hashed and framed as records, ready for
 /// [`Engine::apply_ready`].
 pub struct ReadyBatch {
-    chunks: Vec<Vec<u8>>,
+    chunks: Vec<FramedChunk>,
     changes: Vec<Change>,
     partial: Option<Partial>,
     master_head: Tid,
@@ -673,10 +673,9 @@ impl Engine {
     /// It reads and writes nothing, so a receiver runs it for the next batch while the writer
     /// makes the previous one durable.
     pub fn prepare_apply(&self, batch: ApplyBatch) -> Result<ReadyBatch> {
-        let bufs = &self.inner.shared.chunk_bufs;
         let chunks = batch
             .chunks
-            .iter()
+            .into_iter()
             .map(|d| {
                 if d.len() > CHUNK_SIZE {
                     return Err(Error::TooLarge {
@@ -685,7 +684,7 @@ impl Engine {
                         limit: CHUNK_SIZE as u64,
                     });
                 }
-                Ok(frame_received(bufs, d))
+                Ok(FramedChunk::received(d).1)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ReadyBatch {
@@ -713,19 +712,6 @@ impl Engine {
             other => Err(Error::Index(format!("unexpected writer outcome {other:?}"))),
         }
     }
-}
-
-/// A received chunk framed as its record. A full-size chunk goes into a recycled buffer, which
-/// the writer gives back once written: a slave receiving a large file would otherwise fault in a
-/// fresh MiB for each chunk, as `put_file` did before it used the pool.
-fn frame_received(bufs: &ChunkBufs, data: &[u8]) -> Vec<u8> {
-    let mut buf = if data.len() == CHUNK_SIZE {
-        bufs.take()
-    } else {
-        vec![0; CHUNK_DATA_OFFSET + data.len()]
-    };
-    buf[CHUNK_DATA_OFFSET..CHUNK_DATA_OFFSET + data.len()].copy_from_slice(data);
-    frame_chunk_in_place(buf, data.len()).1
 }
 
 /// Opens the index; a missing or unreadable one starts empty (to be rebuilt). Returns whether it

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use crate::codec::{Dec, Enc};
 use crate::device::{BLOCK, Device, Superblock};
 use crate::error::{Error, Result};
-use crate::record::{Framed, parse_frame};
+use crate::record::{Framed, FramedChunk, parse_frame};
 
 /// Bytes in a flush unit header.
 pub(crate) const UNIT_HEADER: usize = 64;
@@ -517,10 +517,27 @@ impl UnitBuf {
 /// are kept as the buffers they were encoded in.
 const COALESCE_BELOW: usize = 64 << 10;
 
+/// One buffer of a unit's body.
+pub(crate) enum Piece {
+    /// Records encoded on this node (several small ones share one).
+    Owned(Vec<u8>),
+    /// A received chunk's data, shared with the batch it arrived in.
+    Shared(bytes::Bytes),
+}
+
+impl Piece {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Piece::Owned(v) => v,
+            Piece::Shared(b) => b,
+        }
+    }
+}
+
 /// The records of a unit, in order, as the buffers they arrived in.
 #[derive(Default)]
 pub(crate) struct Body {
-    pub pieces: Vec<Vec<u8>>,
+    pub pieces: Vec<Piece>,
     pub len: usize,
     /// Whether the last piece collects small records and may grow.
     small_tail: bool,
@@ -529,25 +546,29 @@ pub(crate) struct Body {
 impl Body {
     fn push(&mut self, record: Vec<u8>) {
         self.len += record.len();
-        if record.len() >= COALESCE_BELOW {
-            self.pieces.push(record);
-            self.small_tail = false;
-        } else if self.small_tail {
-            self.pieces
-                .last_mut()
-                .expect("a small tail exists")
-                .extend_from_slice(&record);
-        } else {
-            self.pieces.push(record);
-            self.small_tail = true;
+        match self.pieces.last_mut() {
+            Some(Piece::Owned(tail)) if self.small_tail && record.len() < COALESCE_BELOW => {
+                tail.extend_from_slice(&record);
+            }
+            _ => {
+                self.small_tail = record.len() < COALESCE_BELOW;
+                self.pieces.push(Piece::Owned(record));
+            }
         }
+    }
+
+    /// Appends data that stays in its own buffer.
+    fn push_shared(&mut self, data: bytes::Bytes) {
+        self.len += data.len();
+        self.pieces.push(Piece::Shared(data));
+        self.small_tail = false;
     }
 
     /// Where [`Body::truncate`] can come back to.
     fn mark(&self) -> (usize, usize, usize, bool) {
         (
             self.pieces.len(),
-            self.pieces.last().map_or(0, Vec::len),
+            self.pieces.last().map_or(0, |p| p.as_slice().len()),
             self.len,
             self.small_tail,
         )
@@ -555,8 +576,10 @@ impl Body {
 
     fn truncate(&mut self, (pieces, last, len, small_tail): (usize, usize, usize, bool)) {
         self.pieces.truncate(pieces);
-        if let Some(p) = self.pieces.last_mut() {
-            p.truncate(last);
+        match self.pieces.last_mut() {
+            Some(Piece::Owned(p)) => p.truncate(last),
+            Some(Piece::Shared(p)) => p.truncate(last),
+            None => {}
         }
         self.len = len;
         self.small_tail = small_tail;
@@ -632,7 +655,26 @@ impl Appender {
         map: &SegmentMap,
         may_use_reserve: bool,
     ) -> Result<u64> {
-        let need = record.len() as u64;
+        self.place_parts(record, None, map, may_use_reserve)
+    }
+
+    /// Places a chunk record (see [`Appender::place`]).
+    pub fn place_chunk(&mut self, chunk: FramedChunk, map: &SegmentMap) -> Result<u64> {
+        match chunk {
+            FramedChunk::Whole(record) => self.place_parts(record, None, map, false),
+            FramedChunk::Split { head, data } => self.place_parts(head, Some(data), map, false),
+        }
+    }
+
+    /// Places a record made of `head` followed by `data`, which stays in its own buffer.
+    fn place_parts(
+        &mut self,
+        record: Vec<u8>,
+        data: Option<bytes::Bytes>,
+        map: &SegmentMap,
+        may_use_reserve: bool,
+    ) -> Result<u64> {
+        let need = (record.len() + data.as_ref().map_or(0, bytes::Bytes::len)) as u64;
         // Once work that frees space has opened a reserved slot, other work must not fill the
         // rest of that segment: the reserve would be gone for the next delete. So the reserve is
         // checked against the slots in use (the open segment included), not only when a segment
@@ -668,6 +710,9 @@ impl Appender {
         let u = self.units.last_mut().expect("a unit is open");
         let lsn = u.header.lsn + UNIT_HEADER as u64 + u.body.len as u64;
         u.body.push(record);
+        if let Some(data) = data {
+            u.body.push_shared(data);
+        }
         u.header.count += 1;
         u.header.body_len = u.body.len as u32;
         Ok(lsn)

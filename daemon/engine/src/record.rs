@@ -456,6 +456,60 @@ pub(crate) fn framed_chunk_ref(buf: &[u8]) -> Result<ChunkRef, &'static str> {
     Ok(ChunkRef { hash, len })
 }
 
+/// A chunk record ready for the log.
+#[derive(Debug)]
+pub(crate) enum FramedChunk {
+    /// The whole record in one buffer: a chunk read, hashed and framed on this node.
+    Whole(Vec<u8>),
+    /// A chunk received by a slave: the record's header and hash, and its data as it arrived,
+    /// shared with the batch it came in rather than copied (the writer writes both parts).
+    Split { head: Vec<u8>, data: bytes::Bytes },
+}
+
+impl FramedChunk {
+    /// Frames received chunk `data`: hashes it and checksums the record around it, without
+    /// copying it.
+    pub fn received(data: bytes::Bytes) -> (ChunkRef, FramedChunk) {
+        let hash = *blake3::hash(&data).as_bytes();
+        let len = u32::try_from(data.len()).expect("chunks are at most CHUNK_SIZE");
+        let mut head = vec![0u8; CHUNK_DATA_OFFSET];
+        head[4] = KIND_CHUNK;
+        head[8..12].copy_from_slice(&(32 + len).to_le_bytes());
+        head[RECORD_HEADER..].copy_from_slice(&hash);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&head[4..]), &data);
+        head[..4].copy_from_slice(&crc.to_le_bytes());
+        (ChunkRef { hash, len }, FramedChunk::Split { head, data })
+    }
+
+    /// The chunk the record holds, from its header; checks that the header frames the data.
+    pub fn chunk_ref(&self) -> Result<ChunkRef, &'static str> {
+        match self {
+            FramedChunk::Whole(buf) => framed_chunk_ref(buf),
+            FramedChunk::Split { head, data } => {
+                if head.len() != CHUNK_DATA_OFFSET || head[4] != KIND_CHUNK || head[5] != 0 {
+                    return Err("not a framed chunk record");
+                }
+                if payload_len(head) != 32 + data.len() {
+                    return Err("a chunk record's length does not match its data");
+                }
+                let hash: Hash = head[RECORD_HEADER..]
+                    .try_into()
+                    .map_err(|_| "a chunk record's hash is cut short")?;
+                let len = u32::try_from(data.len()).map_err(|_| "chunk too large")?;
+                Ok(ChunkRef { hash, len })
+            }
+        }
+    }
+
+    /// The record's length in the log.
+    pub fn len(&self) -> usize {
+        match self {
+            FramedChunk::Whole(buf) => buf.len(),
+            FramedChunk::Split { head, data } => head.len() + data.len(),
+        }
+    }
+}
+
 /// Frames a chunk record in place: `buf` holds the data at [`CHUNK_DATA_OFFSET`] (the bytes
 /// before it are overwritten) and is cut to `data_len` bytes of data. Saves the copy of
 /// a separate encoding for data that can be read straight into its record.
@@ -883,6 +937,32 @@ mod tests {
         let mut buf = vec![0xAAu8; CHUNK_DATA_OFFSET + 8000];
         buf[CHUNK_DATA_OFFSET..CHUNK_DATA_OFFSET + data.len()].copy_from_slice(&data);
         assert_eq!(frame_chunk_in_place(buf, data.len()), encode_chunk(&data));
+    }
+
+    #[test]
+    fn a_received_chunk_framed_around_its_data_equals_one_encoded_whole() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let (cref, framed) = FramedChunk::received(bytes::Bytes::from(data.clone()));
+        let (want_ref, want) = encode_chunk(&data);
+        assert_eq!(cref, want_ref);
+        assert_eq!(framed.chunk_ref(), Ok(cref));
+        assert_eq!(framed.len(), want.len());
+        let FramedChunk::Split { head, data: shared } = framed else {
+            panic!("a received chunk keeps its data apart");
+        };
+        assert_eq!(
+            [head.as_slice(), &shared].concat(),
+            want,
+            "the same bytes in the log"
+        );
+        let short = FramedChunk::Split {
+            head,
+            data: shared.slice(1..),
+        };
+        assert!(
+            short.chunk_ref().is_err(),
+            "a header that does not frame the data"
+        );
     }
 
     #[test]

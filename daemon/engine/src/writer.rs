@@ -29,8 +29,8 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::exec::{self, Intent, PfsCommand};
 use crate::index::{IndexStore, Overlay, Writes};
-use crate::log::{Appender, LogPos, SegmentMap};
-use crate::record::{Change, ChunkRef, Partial, Record, Role, framed_chunk_ref};
+use crate::log::{Appender, LogPos, Piece, SegmentMap};
+use crate::record::{Change, ChunkRef, FramedChunk, Partial, Record, Role};
 use crate::schema;
 
 /// Most bytes of work taken into one group.
@@ -55,7 +55,7 @@ pub(crate) enum Work {
     /// Replicated changes for a slave, with the chunks they need and the new checkpoint.
     Apply {
         pfs: String,
-        chunks: Vec<Vec<u8>>,
+        chunks: Vec<FramedChunk>,
         changes: Vec<Change>,
         partial: Option<Partial>,
         master_head: Tid,
@@ -76,9 +76,10 @@ pub(crate) enum Work {
 impl Work {
     fn bytes(&self) -> usize {
         match self {
-            Work::Chunks { chunks: c, .. }
-            | Work::Commit { chunks: c, .. }
-            | Work::Apply { chunks: c, .. } => c.iter().map(Vec::len).sum::<usize>() + 256,
+            Work::Chunks { chunks: c, .. } | Work::Commit { chunks: c, .. } => {
+                c.iter().map(Vec::len).sum::<usize>() + 256
+            }
+            Work::Apply { chunks: c, .. } => c.iter().map(FramedChunk::len).sum::<usize>() + 256,
             _ => 256,
         }
     }
@@ -482,7 +483,7 @@ impl Writer {
             let (head, pad) = u.frame(&self.app.volume);
             let mut bufs: Vec<&[u8]> = Vec::with_capacity(u.body.pieces.len() + 2);
             bufs.push(&head);
-            bufs.extend(u.body.pieces.iter().map(Vec::as_slice));
+            bufs.extend(u.body.pieces.iter().map(Piece::as_slice));
             bufs.push(&zeros[..pad]);
             self.dev.write_vectored_at(&bufs, u.device_offset)?;
             let len = (head.len() + u.body.len + pad) as u64;
@@ -495,7 +496,9 @@ impl Writer {
             written.push((u.device_offset, len));
             drop(bufs);
             for piece in u.body.pieces {
-                self.shared.chunk_bufs.give(piece);
+                if let Piece::Owned(buf) = piece {
+                    self.shared.chunk_bufs.give(buf);
+                }
             }
         }
         let stats = &self.shared.stats;
@@ -552,11 +555,12 @@ fn place_chunk(
     ctx: &mut Ctx<'_>,
     map: &SegmentMap,
     ov: &mut Overlay<'_>,
-    framed: Vec<u8>,
+    framed: FramedChunk,
     pin: crate::reclaim::Pin,
 ) -> Result<()> {
-    let ChunkRef { hash, len } =
-        framed_chunk_ref(&framed).map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
+    let ChunkRef { hash, len } = framed
+        .chunk_ref()
+        .map_err(|why| Error::Invalid(format!("chunk record: {why}")))?;
     // A transaction may reference this chunk from now on (written or found stored): space
     // reclaim keeps it while the transaction is open.
     ctx.reclaim.touch(&hash, pin);
@@ -564,7 +568,7 @@ fn place_chunk(
         return Ok(());
     }
     ctx.known.insert(&hash);
-    let lsn = app.place(framed, map, false)?;
+    let lsn = app.place_chunk(framed, map)?;
     apply_record(ov, lsn, &Record::Chunk { hash, len })
 }
 
@@ -605,6 +609,7 @@ fn execute(
     match work {
         Work::Chunks { txn, chunks } => {
             for c in std::mem::take(chunks) {
+                let c = FramedChunk::Whole(c);
                 place_chunk(app, ctx, map, ov, c, crate::reclaim::Pin::Txn(*txn))?;
             }
             Ok(Outcome::Written)
@@ -618,6 +623,7 @@ fn execute(
             let p = exec::writable_pfs(ov, pfs)?;
             let frees = chunks.is_empty() && intents.iter().all(Intent::frees_space);
             for c in std::mem::take(chunks) {
+                let c = FramedChunk::Whole(c);
                 place_chunk(app, ctx, map, ov, c, crate::reclaim::Pin::Txn(*txn))?;
             }
             match exec::commit(ov, &p, intents, Tid::now())? {
