@@ -300,6 +300,45 @@ impl Device {
         read_at(&self.file, &self.path, buf, offset)
     }
 
+    /// Reads `len` bytes at `offset` onto the end of `out`, straight into its spare capacity
+    /// (no zero-fill, no copy). On an error `out` keeps only what it held before.
+    pub fn read_append(&self, out: &mut Vec<u8>, len: usize, offset: u64) -> Result<()> {
+        let start = out.len();
+        out.reserve(len);
+        while out.len() < start + len {
+            let done = (out.len() - start) as u64;
+            let want = start + len - out.len();
+            let spare = &mut out.spare_capacity_mut()[..want];
+            match rustix::io::pread(&self.file, spare, offset + done) {
+                Ok((read, _)) if !read.is_empty() => {
+                    let n = read.len();
+                    // SAFETY: `pread` initialized the first `n` bytes of the spare capacity
+                    // (`read` is that initialized part), and `n <= want` fits the capacity.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        out.set_len(out.len() + n);
+                    }
+                }
+                Ok(_) => {
+                    out.truncate(start);
+                    return Err(Error::io(
+                        format!("read {len} bytes at {offset} from {}", self.path.display()),
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(Error::io(
+                        format!("read {len} bytes at {offset} from {}", self.path.display()),
+                        e.into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes all of `buf` at `offset`. Not durable until [`Device::sync`].
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         write_at(&self.file, &self.path, buf, offset)

@@ -9,7 +9,8 @@ use crate::bufpool::CHUNK_RECORD_LEN;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::record::{
-    Change, ChunkRef, EntryKind, EntryMeta, Hash, RECORD_HEADER, Record, parse_frame, payload_len,
+    CHUNK_PREFIX_MAX, Change, ChunkRef, EntryKind, EntryMeta, Hash, RECORD_HEADER, Record,
+    chunk_data_offset, parse_frame, payload_len,
 };
 use crate::schema::{self, PfsRecord};
 
@@ -346,6 +347,67 @@ impl Engine {
             let out = f(&frame.payload[32..]);
             bufs.give(buf);
             return Ok(out);
+        }
+    }
+
+    /// Appends a chunk's bytes to `out`, read from the device straight into it and checked
+    /// against its record checksum: the replication sender builds its batches this way, with no
+    /// copy of the data in between. On an error `out` is as it was.
+    pub fn read_chunk_append(&self, hash: &Hash, out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        let mut tries = 0;
+        loop {
+            let loc = schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
+                Error::Invalid(format!(
+                    "chunk {} is not stored",
+                    crate::exec::hex(&hash[..8])
+                ))
+            })?;
+            let _gate = self
+                .inner
+                .shared
+                .free_gate
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let located = self
+                .inner
+                .map
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .locate(loc.lsn);
+            let Some((_, off)) = located else {
+                // Space reclaim moved it (see `try_read_at_lsn`): look it up again.
+                if tries < RELOOKUPS {
+                    tries += 1;
+                    continue;
+                }
+                return Err(self.gone(loc.lsn));
+            };
+            // Over-reads into the data of a record that is not a copy: that stays on the device
+            // (see `try_read_at_lsn`).
+            let mut prefix = [0u8; CHUNK_PREFIX_MAX];
+            self.inner.dev.read_at(&mut prefix, off)?;
+            let skip = chunk_data_offset(&prefix)
+                .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
+            let len = loc.len as usize;
+            self.inner.dev.read_append(out, len, off + skip as u64)?;
+            let stored = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            let problem = if payload_len(&prefix) != skip - RECORD_HEADER + len {
+                Some("chunk record: its length is not the chunk's")
+            } else if crc32c::crc32c_append(crc32c::crc32c(&prefix[4..skip]), &out[start..])
+                != stored
+            {
+                Some("chunk record: record checksum mismatch")
+            } else if prefix[skip - 32..skip] != hash[..] {
+                Some("chunk record holds another hash")
+            } else {
+                None
+            };
+            if let Some(why) = problem {
+                out.truncate(start);
+                return Err(self.corruption(loc.lsn, why.into()));
+            }
+            return Ok(());
         }
     }
 

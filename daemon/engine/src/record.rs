@@ -456,6 +456,27 @@ pub(crate) fn framed_chunk_ref(buf: &[u8]) -> Result<ChunkRef, &'static str> {
     Ok(ChunkRef { hash, len })
 }
 
+/// The bytes of a chunk record before its data, at most: the header, the 12 bytes a copy made
+/// by space reclaim adds (its original LSN and an empty op list), and the hash.
+pub(crate) const CHUNK_PREFIX_MAX: usize = CHUNK_DATA_OFFSET + 12;
+
+/// Where the data of the chunk record that `prefix` (its first [`CHUNK_PREFIX_MAX`] bytes)
+/// begins: after the header and hash, and in a copy made by space reclaim, after its original
+/// LSN and empty op list too. Checks the kind and the flags; the checksum needs the data.
+pub(crate) fn chunk_data_offset(prefix: &[u8; CHUNK_PREFIX_MAX]) -> Result<usize, &'static str> {
+    if prefix[4] != KIND_CHUNK {
+        return Err("not a chunk record");
+    }
+    match prefix[5] {
+        0 => Ok(CHUNK_DATA_OFFSET),
+        FLAG_RELOCATED if prefix[RECORD_HEADER + 8..RECORD_HEADER + 12] == [0; 4] => {
+            Ok(CHUNK_PREFIX_MAX)
+        }
+        FLAG_RELOCATED => Err("a relocated chunk record with an op list"),
+        _ => Err("unknown record flags"),
+    }
+}
+
 /// A chunk record ready for the log.
 #[derive(Debug)]
 pub(crate) enum FramedChunk {

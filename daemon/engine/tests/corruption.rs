@@ -387,6 +387,18 @@ fn a_damaged_chunk_is_an_error_at_read_time_never_wrong_bytes() {
             matches!(e.read_chunk_verified(&chunk), Err(Error::Corruption { .. })),
             "{when}: read_chunk_verified"
         );
+        let mut batch = b"earlier records".to_vec();
+        assert!(
+            matches!(
+                e.read_chunk_append(&chunk.hash, &mut batch),
+                Err(Error::Corruption { .. })
+            ),
+            "{when}: read_chunk_append (the sender's read)"
+        );
+        assert_eq!(
+            batch, b"earlier records",
+            "{when}: nothing of it is appended"
+        );
         assert_eq!(
             e.read_file(&data, &p("bystander"), &At::Head)
                 .expect("other files read on"),

@@ -240,6 +240,13 @@ fn a_relocated_record_reads_back_after_its_segment_is_freed() {
     );
     let changes = e.changes_since(&pfs, Tid::ZERO, 100).expect("changes");
     assert_eq!(changes.first().map(|c| c.tid), Some(tid));
+    // The sender's read of the relocated chunks, straight into a batch.
+    let mut batch = b"head".to_vec();
+    for r in changes[0].chunk_refs() {
+        e.read_chunk_append(&r.hash, &mut batch)
+            .expect("a relocated chunk read into a batch");
+    }
+    assert_eq!(batch, [&b"head"[..], &data].concat());
     drop(e);
     let e = Engine::open(mem_options(dir.path(), 64 << 20)).expect("rebuild");
     assert_eq!(

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
 use repl_agent::{Payload, Position, Source};
 use repld_engine::{At, Change, Engine, Op, PfsName, Tid};
 use tokio::sync::watch;
@@ -208,10 +207,10 @@ fn fill(
 ) -> repld_engine::Result<Option<Payload>> {
     let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     // The whole batch's room at once: growing it by doubling would copy it again and again.
-    let mut buf = BytesMut::with_capacity(max.min(MAX_PREALLOC));
+    let mut buf = Vec::with_capacity(max.min(MAX_PREALLOC));
     let (mut records, mut first) = (0u32, None);
     let mut to = from;
-    let full = |buf: &BytesMut, records: u32, more: usize| {
+    let full = |buf: &Vec<u8>, records: u32, more: usize| {
         records > 0 && buf.len() + wire::FRAME + more > max
     };
     for change in changes.take(SCAN) {
@@ -229,7 +228,7 @@ fn fill(
             if full(&buf, records, r.len as usize) {
                 return Ok(Some(payload(to, first, buf, records)));
             }
-            engine.read_chunk_with(&r.hash, |data| wire::put_chunk(&mut buf, data))?;
+            wire::put_chunk_with(&mut buf, |buf| engine.read_chunk_append(&r.hash, buf))?;
             records += 1;
             done += 1;
             to.partial = Some((change.tid, done as u64));
@@ -247,11 +246,11 @@ fn fill(
     Ok((records > 0).then(|| payload(to, first, buf, records)))
 }
 
-fn payload(to: Position, first: Option<Tid>, buf: BytesMut, records: u32) -> Payload {
+fn payload(to: Position, first: Option<Tid>, buf: Vec<u8>, records: u32) -> Payload {
     Payload {
         to,
         first_tid: first.unwrap_or(to.synced),
-        bytes: buf.freeze(),
+        bytes: buf.into(),
         records,
     }
 }

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use repld_engine::Change;
 
 const KIND_CHUNK: u8 = 1;
@@ -16,16 +16,34 @@ const KIND_CHANGE: u8 = 2;
 pub const FRAME: usize = 5;
 
 /// Appends a chunk's data.
-pub fn put_chunk(buf: &mut BytesMut, data: &[u8]) {
+pub fn put_chunk(buf: &mut Vec<u8>, data: &[u8]) {
     put(buf, KIND_CHUNK, data);
 }
 
+/// Appends a chunk whose data `read` appends to `buf` itself (the sender reads it from the
+/// device straight into the batch). When `read` fails, `buf` is as it was.
+pub fn put_chunk_with<E>(
+    buf: &mut Vec<u8>,
+    read: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mark = buf.len();
+    buf.put_u8(KIND_CHUNK);
+    buf.put_u32_le(0);
+    if let Err(e) = read(buf) {
+        buf.truncate(mark);
+        return Err(e);
+    }
+    let len = u32::try_from(buf.len() - mark - FRAME).expect("records are at most a few MiB");
+    buf[mark + 1..mark + FRAME].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
 /// Appends a change.
-pub fn put_change(buf: &mut BytesMut, encoded: &[u8]) {
+pub fn put_change(buf: &mut Vec<u8>, encoded: &[u8]) {
     put(buf, KIND_CHANGE, encoded);
 }
 
-fn put(buf: &mut BytesMut, kind: u8, body: &[u8]) {
+fn put(buf: &mut Vec<u8>, kind: u8, body: &[u8]) {
     buf.reserve(FRAME + body.len());
     buf.put_u8(kind);
     buf.put_u32_le(u32::try_from(body.len()).expect("records are at most a few MiB"));
@@ -105,23 +123,44 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_damage_is_refused() {
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         put_chunk(&mut buf, b"hello");
         put_chunk(&mut buf, b"");
-        let buf = buf.freeze();
+        let buf = Bytes::from(buf);
         let d = decode(&buf).expect("decode");
         assert_eq!(d.chunks, vec![Bytes::from_static(b"hello"), Bytes::new()]);
         assert!(decode(&buf.slice(..buf.len() - 1)).is_err(), "cut short");
         let mut bad = buf.to_vec();
         bad[0] = 9;
         assert!(decode(&Bytes::from(bad)).is_err(), "unknown kind");
-        let mut change = BytesMut::new();
+        let mut change = Vec::new();
         put_change(&mut change, b"not a change");
-        assert!(decode(&change.freeze()).is_err());
-        let mut big = BytesMut::new();
+        assert!(decode(&Bytes::from(change)).is_err());
+        let mut big = Vec::new();
         put_chunk(&mut big, b"fine");
         put_chunk(&mut big, &vec![0; repld_engine::CHUNK_SIZE + 1]);
-        let err = decode(&big.freeze()).expect_err("an oversized chunk");
+        let err = decode(&Bytes::from(big)).expect_err("an oversized chunk");
         assert!(err.contains("larger than a chunk may be"), "{err}");
+    }
+
+    #[test]
+    fn a_chunk_read_into_the_batch_is_framed_with_its_length_and_a_failed_read_leaves_nothing() {
+        let mut buf = Vec::new();
+        put_change(&mut buf, b"x");
+        let before = buf.clone();
+        let failed: Result<(), &str> = put_chunk_with(&mut buf, |b| {
+            b.extend_from_slice(b"half");
+            Err("the read failed")
+        });
+        assert_eq!(failed, Err("the read failed"));
+        assert_eq!(buf, before, "a failed read leaves the batch as it was");
+        put_chunk_with(&mut buf, |b| {
+            b.extend_from_slice(b"hello");
+            Ok::<_, ()>(())
+        })
+        .expect("read");
+        let mut want = before;
+        put_chunk(&mut want, b"hello");
+        assert_eq!(buf, want, "the same frame as a copied chunk");
     }
 }
