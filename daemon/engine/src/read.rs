@@ -314,12 +314,7 @@ impl Engine {
     pub fn read_chunk_with<T>(&self, hash: &Hash, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
         let mut tries = 0;
         loop {
-            let loc = schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
-                Error::Invalid(format!(
-                    "chunk {} is not stored",
-                    crate::exec::hex(&hash[..8])
-                ))
-            })?;
+            let loc = self.stored_chunk(hash)?;
             // A recycled record buffer: no zero-fill of a fresh MiB per chunk read. A copy made by
             // space reclaim has 12 more bytes (its original LSN and an empty op list) before the
             // payload.
@@ -357,42 +352,28 @@ impl Engine {
         let start = out.len();
         let mut tries = 0;
         loop {
-            let loc = schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
-                Error::Invalid(format!(
-                    "chunk {} is not stored",
-                    crate::exec::hex(&hash[..8])
-                ))
+            let loc = self.stored_chunk(hash)?;
+            let read = self.at_lsn(loc.lsn, |off| {
+                // Over-reads into the data of a record that is not a copy: that stays on the
+                // device (see `try_read_at_lsn`).
+                let mut prefix = [0u8; CHUNK_PREFIX_MAX];
+                self.inner.dev.read_at(&mut prefix, off)?;
+                let skip = chunk_data_offset(&prefix)
+                    .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
+                self.inner
+                    .dev
+                    .read_append(out, loc.len as usize, off + skip as u64)?;
+                Ok((prefix, skip))
             })?;
-            let _gate = self
-                .inner
-                .shared
-                .free_gate
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let located = self
-                .inner
-                .map
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .locate(loc.lsn);
-            let Some((_, off)) = located else {
-                // Space reclaim moved it (see `try_read_at_lsn`): look it up again.
+            let Some((prefix, skip)) = read else {
                 if tries < RELOOKUPS {
                     tries += 1;
                     continue;
                 }
                 return Err(self.gone(loc.lsn));
             };
-            // Over-reads into the data of a record that is not a copy: that stays on the device
-            // (see `try_read_at_lsn`).
-            let mut prefix = [0u8; CHUNK_PREFIX_MAX];
-            self.inner.dev.read_at(&mut prefix, off)?;
-            let skip = chunk_data_offset(&prefix)
-                .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
-            let len = loc.len as usize;
-            self.inner.dev.read_append(out, len, off + skip as u64)?;
             let stored = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-            let problem = if payload_len(&prefix) != skip - RECORD_HEADER + len {
+            let problem = if payload_len(&prefix) != skip - RECORD_HEADER + loc.len as usize {
                 Some("chunk record: its length is not the chunk's")
             } else if crc32c::crc32c_append(crc32c::crc32c(&prefix[4..skip]), &out[start..])
                 != stored
@@ -411,6 +392,16 @@ impl Engine {
         }
     }
 
+    /// Where chunk `hash` is stored.
+    fn stored_chunk(&self, hash: &Hash) -> Result<schema::ChunkLoc> {
+        schema::chunk_loc(self.kv(), hash)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "chunk {} is not stored",
+                crate::exec::hex(&hash[..8])
+            ))
+        })
+    }
+
     /// A chunk's bytes, re-hashed with BLAKE3 and compared with its reference: the scrub that
     /// finds silent corruption.
     pub fn read_chunk_verified(&self, c: &ChunkRef) -> Result<Vec<u8>> {
@@ -427,6 +418,16 @@ impl Engine {
     /// its record up again. The segment cannot be freed (and its slot reused) during the read:
     /// reclaim frees a segment only while no reader holds the free gate.
     fn try_read_at_lsn(&self, lsn: u64, buf: &mut [u8]) -> Result<bool> {
+        // A record may end within 12 bytes of the device's last slot; the backup superblock
+        // follows it, so an over-read stays on the device.
+        Ok(self
+            .at_lsn(lsn, |off| self.inner.dev.read_at(buf, off))?
+            .is_some())
+    }
+
+    /// Runs `read` with the device offset of `lsn`, holding the free gate (see
+    /// [`Self::try_read_at_lsn`]); `None` when no segment holds `lsn` any more.
+    fn at_lsn<T>(&self, lsn: u64, read: impl FnOnce(u64) -> Result<T>) -> Result<Option<T>> {
         let _gate = self
             .inner
             .shared
@@ -439,13 +440,7 @@ impl Engine {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .locate(lsn);
-        let Some((_, off)) = located else {
-            return Ok(false);
-        };
-        // A record may end within 12 bytes of the device's last slot; the backup superblock
-        // follows it, so an over-read stays on the device.
-        self.inner.dev.read_at(buf, off)?;
-        Ok(true)
+        located.map(|(_, off)| read(off)).transpose()
     }
 
     fn gone(&self, lsn: u64) -> Error {

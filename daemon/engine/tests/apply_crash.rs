@@ -13,10 +13,9 @@ mod common;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{batch_of, file_attrs, name, options, p, pattern};
+use common::{batch_of, file_attrs, name, options, p, pattern, start_child};
 use rand::{Rng, SeedableRng};
 use repld_engine::{At, Engine, Error, PfsName, PfsOptions, Role, Tid};
 
@@ -93,44 +92,6 @@ fn apply_crash_child() {
     println!("DONE");
 }
 
-/// Starts the child and waits for its READY.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the caller reaps the child returned; a panic here ends the test"
-)]
-fn start_child(
-    dir: &Path,
-    exe: &Path,
-) -> (
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-) {
-    let mut child = Command::new(exe)
-        .args(["--exact", "apply_crash_child", "--nocapture"])
-        .env(CHILD_ENV, dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("child.err")).expect("stderr file"))
-        .spawn()
-        .expect("start the child");
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("read the child");
-        if n == 0 {
-            let status = child.wait().expect("reap");
-            panic!(
-                "the child ended ({status}) before it was ready: {}",
-                std::fs::read_to_string(dir.join("child.err")).unwrap_or_default()
-            );
-        }
-        if line.trim() == "READY" {
-            return (child, out);
-        }
-    }
-}
-
 /// The slave after a kill: nothing acknowledged lost, equal to its master at its checkpoint,
 /// and its replayed index the same as one rebuilt from the device.
 fn check(dir: &Path, when: &str) -> Tid {
@@ -197,7 +158,7 @@ fn kill_during_apply_loses_no_acknowledged_batch_and_the_slave_equals_its_master
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
     let mut kills = 0;
     for round in 0..rounds {
-        let (mut child, _out) = start_child(dir, &exe);
+        let (mut child, _out) = start_child(&exe, "apply_crash_child", CHILD_ENV, dir);
         // Kill it a few acknowledgements in, a moment after one, while later batches are
         // queued, written or syncing.
         let acks = |dir: &Path| {
@@ -221,7 +182,7 @@ fn kill_during_apply_loses_no_acknowledged_batch_and_the_slave_equals_its_master
         let at = check(dir, &format!("round {round}, after a kill"));
         eprintln!("round {round}: killed at {at}");
     }
-    let (mut child, mut out) = start_child(dir, &exe);
+    let (mut child, mut out) = start_child(&exe, "apply_crash_child", CHILD_ENV, dir);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).expect("read the child");
     let status = child.wait().expect("reap");

@@ -15,12 +15,11 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{file_attrs, name, options, p, pattern};
+use common::{file_attrs, name, options, p, pattern, start_child};
 use rand::{Rng, SeedableRng};
 use repld_engine::{At, Engine, EngineOptions, Error, PfsOptions, PruneOptions};
 
@@ -214,29 +213,7 @@ fn kill_during_reclaim_loses_nothing_and_the_rebuilt_index_is_the_same() {
     let exe = std::env::current_exe().expect("the test binary");
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "reclaim_crash_child", "--nocapture"])
-            .env(CHILD_ENV, dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("child.err")).expect("stderr file"))
-            .spawn()
-            .expect("start the child");
-        // Wait for READY, then let it run for a while.
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = std::io::BufRead::read_line(&mut out, &mut line).expect("read the child");
-            assert!(
-                n > 0,
-                "round {round}: the child ended before it was ready: {}",
-                std::fs::read_to_string(dir.join("child.err")).unwrap_or_default()
-            );
-            if line.trim() == "READY" {
-                break;
-            }
-        }
+        let (mut child, _out) = start_child(&exe, "reclaim_crash_child", CHILD_ENV, dir);
         std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
         if let Ok(Some(status)) = child.try_wait() {
             panic!(

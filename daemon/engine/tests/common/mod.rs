@@ -251,3 +251,44 @@ pub fn batch_of(e: &Engine, m: &PfsName, changes: &[repld_engine::Change]) -> Ap
         ..ApplyBatch::default()
     }
 }
+
+/// Runs this test binary's test `child` as a child process, with `env` set to `dir` (its stderr
+/// goes to `dir/child.err`), and waits until it prints READY. Returns it with its stdout.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the caller reaps the child returned; a panic here ends the test"
+)]
+pub fn start_child(
+    exe: &Path,
+    child: &str,
+    env: &str,
+    dir: &Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut proc = std::process::Command::new(exe)
+        .args(["--exact", child, "--nocapture"])
+        .env(env, dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("child.err")).expect("stderr file"))
+        .spawn()
+        .expect("start the child");
+    let mut out = std::io::BufReader::new(proc.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("read the child");
+        if n == 0 {
+            let status = proc.wait().expect("reap");
+            panic!(
+                "the child ended ({status}) before it was ready: {}",
+                std::fs::read_to_string(dir.join("child.err")).unwrap_or_default()
+            );
+        }
+        if line.trim() == "READY" {
+            return (proc, out);
+        }
+    }
+}
