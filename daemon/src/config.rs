@@ -174,7 +174,7 @@ impl Default for ReplicationConfig {
         Self {
             node_bandwidth: None,
             stall_timeout: HumanDuration::secs(30),
-            batch_bytes: ByteSize::mib(4),
+            batch_bytes: ByteSize(crate::replication::MAX_BATCH_BYTES),
         }
     }
 }

@@ -5,7 +5,6 @@ use std::io::Read;
 
 use repl_types::{EntryPath, PfsName, Tid};
 
-use crate::bufpool::CHUNK_RECORD_LEN;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::record::{
@@ -305,44 +304,9 @@ impl Engine {
 
     /// A chunk's bytes, checked against its record checksum.
     pub fn read_chunk(&self, hash: &Hash) -> Result<Vec<u8>> {
-        self.read_chunk_with(hash, <[u8]>::to_vec)
-    }
-
-    /// Reads a chunk, checks it against its record checksum, and hands its bytes to `f`, from a
-    /// recycled buffer: a caller that copies them on (the replication sender, into its batch)
-    /// pays one copy and no allocation per chunk.
-    pub fn read_chunk_with<T>(&self, hash: &Hash, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
-        let mut tries = 0;
-        loop {
-            let loc = self.stored_chunk(hash)?;
-            // A recycled record buffer: no zero-fill of a fresh MiB per chunk read. A copy made by
-            // space reclaim has 12 more bytes (its original LSN and an empty op list) before the
-            // payload.
-            let total = RECORD_HEADER + 12 + 32 + loc.len as usize;
-            let bufs = &self.inner.shared.chunk_bufs;
-            let mut buf = if total <= CHUNK_RECORD_LEN {
-                bufs.take()
-            } else {
-                vec![0u8; total]
-            };
-            let record = &mut buf[..total];
-            if !self.try_read_at_lsn(loc.lsn, record)? {
-                bufs.give(buf);
-                if tries < RELOOKUPS {
-                    tries += 1;
-                    continue;
-                }
-                return Err(self.gone(loc.lsn));
-            }
-            let frame = parse_frame(record)
-                .map_err(|why| self.corruption(loc.lsn, format!("chunk record: {why}")))?;
-            if frame.payload.get(..32) != Some(&hash[..]) {
-                return Err(self.corruption(loc.lsn, "chunk record holds another hash".into()));
-            }
-            let out = f(&frame.payload[32..]);
-            bufs.give(buf);
-            return Ok(out);
-        }
+        let mut data = Vec::new();
+        self.read_chunk_append(hash, &mut data)?;
+        Ok(data)
     }
 
     /// Appends a chunk's bytes to `out`, read from the device straight into it and checked

@@ -442,17 +442,25 @@ pub(crate) const CHUNK_DATA_OFFSET: usize = RECORD_HEADER + 32;
 /// chunks a second and their CRC was computed a moment ago, in memory. Records read from a
 /// device or received from a peer go through [`parse_frame`] instead.
 pub(crate) fn framed_chunk_ref(buf: &[u8]) -> Result<ChunkRef, &'static str> {
-    if buf.len() < CHUNK_DATA_OFFSET || buf[4] != KIND_CHUNK || buf[5] != 0 {
+    let Some((head, data)) = buf.split_at_checked(CHUNK_DATA_OFFSET) else {
+        return Err("not a framed chunk record");
+    };
+    chunk_ref_of(head, data.len())
+}
+
+/// [`framed_chunk_ref`] of a record whose header and hash are `head` and whose data, elsewhere,
+/// is `data_len` bytes.
+fn chunk_ref_of(head: &[u8], data_len: usize) -> Result<ChunkRef, &'static str> {
+    if head.len() != CHUNK_DATA_OFFSET || head[4] != KIND_CHUNK || head[5] != 0 {
         return Err("not a framed chunk record");
     }
-    let payload = payload_len(buf);
-    if RECORD_HEADER + payload != buf.len() {
-        return Err("a chunk record's length does not match its buffer");
+    if payload_len(head) != 32 + data_len {
+        return Err("a chunk record's length does not match its data");
     }
-    let hash: Hash = buf[RECORD_HEADER..CHUNK_DATA_OFFSET]
+    let hash: Hash = head[RECORD_HEADER..]
         .try_into()
-        .map_err(|_| "a chunk record's hash is cut short")?;
-    let len = u32::try_from(buf.len() - CHUNK_DATA_OFFSET).map_err(|_| "chunk too large")?;
+        .expect("the head is checked to end with a hash");
+    let len = u32::try_from(data_len).map_err(|_| "chunk too large")?;
     Ok(ChunkRef { hash, len })
 }
 
@@ -506,19 +514,7 @@ impl FramedChunk {
     pub fn chunk_ref(&self) -> Result<ChunkRef, &'static str> {
         match self {
             FramedChunk::Whole(buf) => framed_chunk_ref(buf),
-            FramedChunk::Split { head, data } => {
-                if head.len() != CHUNK_DATA_OFFSET || head[4] != KIND_CHUNK || head[5] != 0 {
-                    return Err("not a framed chunk record");
-                }
-                if payload_len(head) != 32 + data.len() {
-                    return Err("a chunk record's length does not match its data");
-                }
-                let hash: Hash = head[RECORD_HEADER..]
-                    .try_into()
-                    .map_err(|_| "a chunk record's hash is cut short")?;
-                let len = u32::try_from(data.len()).map_err(|_| "chunk too large")?;
-                Ok(ChunkRef { hash, len })
-            }
+            FramedChunk::Split { head, data } => chunk_ref_of(head, data.len()),
         }
     }
 

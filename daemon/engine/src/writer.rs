@@ -471,7 +471,6 @@ impl Writer {
         true
     }
 
-    /// Writes the assembled units, and syncs when asked. Returns the bytes written.
     /// Writes the units the group placed, then (`sync`) makes them durable. With `uncache`, the
     /// durable bytes are dropped from the page cache (see "Slave apply" in architecture.md).
     fn write_units(&mut self, sync: bool, uncache: bool) -> Result<u64> {

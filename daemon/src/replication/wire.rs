@@ -15,7 +15,8 @@ const KIND_CHANGE: u8 = 2;
 /// Bytes of framing per record.
 pub const FRAME: usize = 5;
 
-/// Appends a chunk's data.
+/// Appends a chunk's data from memory (the sender reads it in place with [`put_chunk_with`]).
+#[cfg(test)]
 pub fn put_chunk(buf: &mut Vec<u8>, data: &[u8]) {
     put(buf, KIND_CHUNK, data);
 }
